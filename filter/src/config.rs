@@ -50,18 +50,11 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
-            if path == "." {
-                ConfigError(inner.to_string())
-            } else {
-                ConfigError(format!("{path}: {inner}"))
-            }
+            if path == "." { ConfigError(inner.to_string()) } else { ConfigError(format!("{path}: {inner}")) }
         })?;
         let signing_key = SigningKey::from_config_value(&raw.signing_key)
             .map_err(|reason| ConfigError(format!("signing_key: {reason}")))?;
-        Ok(Config {
-            signing_key,
-            jwks_max_age_seconds: raw.jwks_max_age_seconds,
-        })
+        Ok(Config { signing_key, jwks_max_age_seconds: raw.jwks_max_age_seconds })
     }
 }
 

@@ -23,10 +23,7 @@ pub fn answer(config: &Config, method: &str, path: &str) -> Option<LocalResponse
     if method != "GET" && method != "HEAD" {
         return Some(LocalResponse {
             status: 405,
-            headers: vec![
-                ("allow".into(), "GET, HEAD".into()),
-                ("content-type".into(), "application/json".into()),
-            ],
+            headers: vec![("allow".into(), "GET, HEAD".into()), ("content-type".into(), "application/json".into())],
             body: br#"{"error":{"code":405,"status":"Method Not Allowed","message":"The JWKS is read with GET."}}"#
                 .to_vec(),
         });

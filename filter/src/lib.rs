@@ -3,8 +3,16 @@
 //! This file is glue: it wires the proxy-wasm callbacks to the decisions made by plain functions
 //! in the modules beside it, which are unit-tested natively and again inside the runner's host.
 
+pub mod cache;
 pub mod config;
+pub mod cors;
 pub mod endpoints;
+pub mod forwarded;
+pub mod negotiate;
+pub mod origin;
+pub mod paths;
+pub mod rewrite;
+pub mod session;
 pub mod token;
 
 /// The filter's version, shown by `ory-proxy --version` for the embedded module.

@@ -1,7 +1,9 @@
-//! The ES256 signing key and the JWKS document that publishes its public half.
+//! The ES256 signing key, the JWKS document that publishes its public half, and the JWTs the
+//! filter hands to the app.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePrivateKey as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -11,6 +13,8 @@ use sha2::{Digest, Sha256};
 #[derive(Clone)]
 pub struct SigningKey {
     secret: p256::SecretKey,
+    // Kept ready so that signing does not rebuild it from the scalar every time.
+    signer: p256::ecdsa::SigningKey,
     kid: String,
     x: String,
     y: String,
@@ -82,7 +86,8 @@ impl SigningKey {
         // RFC 7638: the required members in lexicographic order, no whitespace.
         let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
         let kid = B64URL.encode(Sha256::digest(canonical.as_bytes()));
-        SigningKey { secret, kid, x, y }
+        let signer = p256::ecdsa::SigningKey::from(&secret);
+        SigningKey { secret, signer, kid, x, y }
     }
 
     pub fn kid(&self) -> &str {
@@ -112,6 +117,194 @@ impl SigningKey {
 pub fn jwks_document(keys: &[&SigningKey]) -> Vec<u8> {
     let keys: Vec<_> = keys.iter().map(|key| key.public_jwk()).collect();
     serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap_or_default()
+}
+
+/// Why a JWT could not be made. None of these should happen with a session that
+/// `session::classify_whoami` accepted; they guard against misuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// The session is not a JSON object.
+    SessionNotJson,
+    /// The session has no `identity.id` string to use as `sub`.
+    NoIdentityId,
+    /// A token that is already expired when made is useless.
+    ZeroLifetime,
+    /// `now + ttl` does not fit in a u64.
+    TimeOverflow,
+    /// The signer refused (it never does for a valid P-256 key).
+    Signing,
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenError::SessionNotJson => "the session is not a JSON object",
+            TokenError::NoIdentityId => "the session has no identity.id",
+            TokenError::ZeroLifetime => "the token lifetime must be at least one second",
+            TokenError::TimeOverflow => "the token expiry overflows",
+            TokenError::Signing => "ES256 signing failed",
+        })
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// The claims of the JWT the app receives (REFERENCE §1.5, plus `aud` when configured).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims<'a> {
+    /// The identity id.
+    pub sub: &'a str,
+    /// The whoami body exactly as Ory sent it; it is embedded as JSON, not re-encoded, so no field
+    /// is lost or reordered.
+    pub session: &'a [u8],
+    /// The Ory URL.
+    pub iss: &'a str,
+    pub aud: Option<&'a str>,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    pub jti: &'a str,
+}
+
+/// The part of a session we need to name the subject; everything else is carried untouched.
+#[derive(Deserialize)]
+struct SubjectProbe {
+    identity: Option<IdentityProbe>,
+}
+
+#[derive(Deserialize)]
+struct IdentityProbe {
+    id: Option<String>,
+}
+
+impl<'a> Claims<'a> {
+    /// Claims for a session issued at `now_unix` and valid for `ttl_secs`; `sub` must come from the
+    /// same session (see `sign_jwt`, which reads it).
+    pub fn new(
+        sub: &'a str,
+        session: &'a [u8],
+        iss: &'a str,
+        aud: Option<&'a str>,
+        now_unix: u64,
+        ttl_secs: u64,
+        jti: &'a str,
+    ) -> Result<Claims<'a>, TokenError> {
+        if ttl_secs == 0 {
+            return Err(TokenError::ZeroLifetime);
+        }
+        let exp = now_unix.checked_add(ttl_secs).ok_or(TokenError::TimeOverflow)?;
+        Ok(Claims { sub, session, iss, aud, iat: now_unix, nbf: now_unix, exp, jti })
+    }
+
+    /// The claims as compact JSON. The session is checked to be a JSON object first, because it is
+    /// spliced in as raw text.
+    pub fn to_json(&self) -> Result<Vec<u8>, TokenError> {
+        let session = compact_json_object(self.session)?;
+        let string = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        let mut out = Vec::with_capacity(session.len() + 256);
+        out.extend_from_slice(b"{\"sub\":");
+        out.extend_from_slice(string(self.sub).as_bytes());
+        out.extend_from_slice(b",\"session\":");
+        out.extend_from_slice(&session);
+        out.extend_from_slice(b",\"iss\":");
+        out.extend_from_slice(string(self.iss).as_bytes());
+        if let Some(aud) = self.aud {
+            out.extend_from_slice(b",\"aud\":");
+            out.extend_from_slice(string(aud).as_bytes());
+        }
+        out.extend_from_slice(
+            format!(",\"iat\":{},\"nbf\":{},\"exp\":{},\"jti\":", self.iat, self.nbf, self.exp).as_bytes(),
+        );
+        out.extend_from_slice(string(self.jti).as_bytes());
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+/// Validates that `raw` is one JSON object and returns it without insignificant whitespace (a
+/// pretty-printed whoami body would otherwise bloat every Authorization header).
+fn compact_json_object(raw: &[u8]) -> Result<Vec<u8>, TokenError> {
+    // Validation first: after this, the byte scan below only has to know strings from the rest.
+    match serde_json::from_slice::<serde_json::Value>(raw) {
+        Ok(serde_json::Value::Object(_)) => {}
+        _ => return Err(TokenError::SessionNotJson),
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in raw {
+        if in_string {
+            out.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
+            in_string = byte == b'"';
+            out.push(byte);
+        }
+    }
+    Ok(out)
+}
+
+/// Signs `claims` as a compact JWS: `base64url(header).base64url(claims).base64url(R || S)`.
+pub fn sign_claims(key: &SigningKey, claims: &Claims<'_>) -> Result<String, TokenError> {
+    let header = serde_json::json!({ "alg": "ES256", "kid": key.kid, "typ": "JWT" });
+    let header = serde_json::to_vec(&header).map_err(|_| TokenError::Signing)?;
+    let payload = claims.to_json()?;
+    let mut jws = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 96);
+    B64URL.encode_string(&header, &mut jws);
+    jws.push('.');
+    B64URL.encode_string(&payload, &mut jws);
+    // ES256 signs the ASCII of "header.payload" with SHA-256 (RFC 7515 §5.1, RFC 7518 §3.4);
+    // p256's ECDSA hashes with SHA-256 and signs deterministically (RFC 6979), so no randomness.
+    let signature: p256::ecdsa::Signature = key.signer.try_sign(jws.as_bytes()).map_err(|_| TokenError::Signing)?;
+    jws.push('.');
+    // to_bytes is the fixed-size R || S (64 bytes), which JWS requires, never DER.
+    B64URL.encode_string(signature.to_bytes(), &mut jws);
+    Ok(jws)
+}
+
+/// Makes the JWT for a session: `sub` is the session's `identity.id`, `session` the whole whoami
+/// body as received, `iat = nbf = now_unix`, `exp = now_unix + ttl_secs`.
+pub fn sign_jwt(
+    key: &SigningKey,
+    session_json: &[u8],
+    iss: &str,
+    aud: Option<&str>,
+    now_unix: u64,
+    ttl_secs: u64,
+    jti: &str,
+) -> Result<String, TokenError> {
+    let probe: SubjectProbe = serde_json::from_slice(session_json).map_err(|_| TokenError::SessionNotJson)?;
+    let sub =
+        probe.identity.and_then(|identity| identity.id).filter(|id| !id.is_empty()).ok_or(TokenError::NoIdentityId)?;
+    let claims = Claims::new(&sub, session_json, iss, aud, now_unix, ttl_secs, jti)?;
+    sign_claims(key, &claims)
+}
+
+/// Formats 16 random bytes as a version 4 UUID (RFC 9562 §5.4), for `jti`. The bytes come from
+/// the caller so that this stays a pure function.
+pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
+    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10xx
+    let mut out = String::with_capacity(36);
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}
+
+/// A fresh random `jti`. Inside wasm32-wasip1 the bytes come from the host's `random_get`.
+pub fn random_jti() -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|err| format!("no randomness for jti: {err}"))?;
+    Ok(uuid_v4(bytes))
 }
 
 #[cfg(test)]
@@ -186,5 +379,155 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
         let doc: serde_json::Value = serde_json::from_slice(&jwks_document(&[&key])).unwrap();
         assert_eq!(doc["keys"].as_array().unwrap().len(), 1);
         assert_eq!(doc["keys"][0]["kid"], TEST_THUMBPRINT);
+    }
+
+    const SESSION_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/ory/session-example.json");
+
+    fn session_example() -> Vec<u8> {
+        std::fs::read(SESSION_EXAMPLE).expect("the shared whoami example")
+    }
+
+    /// The verifying key an app would build from the published JWK.
+    fn verifying_key_from_jwks(key: &SigningKey) -> p256::ecdsa::VerifyingKey {
+        let doc: serde_json::Value = serde_json::from_slice(&jwks_document(&[key])).unwrap();
+        let jwk = &doc["keys"][0];
+        let mut point = vec![0x04];
+        point.extend(B64URL.decode(jwk["x"].as_str().unwrap()).unwrap());
+        point.extend(B64URL.decode(jwk["y"].as_str().unwrap()).unwrap());
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap()
+    }
+
+    fn verify(jwt: &str, verifying: &p256::ecdsa::VerifyingKey) -> bool {
+        use p256::ecdsa::signature::Verifier as _;
+        let (signed, signature) = jwt.rsplit_once('.').unwrap();
+        let signature = B64URL.decode(signature).unwrap();
+        let Ok(signature) = p256::ecdsa::Signature::from_slice(&signature) else {
+            return false;
+        };
+        verifying.verify(signed.as_bytes(), &signature).is_ok()
+    }
+
+    fn decode_part(part: &str) -> serde_json::Value {
+        serde_json::from_slice(&B64URL.decode(part).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn jwt_verifies_against_the_published_key_and_carries_the_claims() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let session = session_example();
+        let jti = uuid_v4([7; 16]);
+        let jwt =
+            sign_jwt(&key, &session, "https://example.projects.oryapis.com", None, 1_700_000_000, 60, &jti).unwrap();
+
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        assert!(!jwt.contains('='), "base64url without padding");
+
+        let header = decode_part(parts[0]);
+        assert_eq!(header, serde_json::json!({"alg": "ES256", "kid": TEST_THUMBPRINT, "typ": "JWT"}));
+
+        let claims = decode_part(parts[1]);
+        let original: serde_json::Value = serde_json::from_slice(&session).unwrap();
+        assert_eq!(claims["sub"], "c4d24c01-feba-4213-858b-262c8d427f8c");
+        assert_eq!(claims["session"], original, "the whole whoami body, nothing lost");
+        assert_eq!(claims["iss"], "https://example.projects.oryapis.com");
+        assert_eq!(claims["iat"], 1_700_000_000u64);
+        assert_eq!(claims["nbf"], 1_700_000_000u64);
+        assert_eq!(claims["exp"], 1_700_000_060u64);
+        assert_eq!(claims["jti"], jti.as_str());
+        assert!(claims.get("aud").is_none(), "no aud unless configured");
+        assert_eq!(claims.as_object().unwrap().len(), 7);
+
+        assert_eq!(B64URL.decode(parts[2]).unwrap().len(), 64, "raw R || S, not DER");
+        assert!(verify(&jwt, &verifying_key_from_jwks(&key)));
+    }
+
+    #[test]
+    fn aud_is_set_when_configured() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let jwt = sign_jwt(&key, &session_example(), "https://ory", Some("my-app"), 10, 5, "j").unwrap();
+        let claims = decode_part(jwt.split('.').nth(1).unwrap());
+        assert_eq!(claims["aud"], "my-app");
+        assert_eq!(claims["exp"], 15);
+    }
+
+    #[test]
+    fn tampering_breaks_the_signature() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let verifying = verifying_key_from_jwks(&key);
+        let jwt = sign_jwt(&key, &session_example(), "https://ory", None, 10, 60, "j").unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+
+        let mut claims = decode_part(parts[1]);
+        claims["sub"] = serde_json::json!("someone-else");
+        let forged_payload = B64URL.encode(serde_json::to_vec(&claims).unwrap());
+        let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert!(!verify(&forged, &verifying));
+
+        // A signature by another key does not verify under ours.
+        let other = SigningKey::from_secret(p256::SecretKey::from_slice(&[1; 32]).unwrap());
+        let by_other = sign_jwt(&other, &session_example(), "https://ory", None, 10, 60, "j").unwrap();
+        assert!(verify(&by_other, &verifying_key_from_jwks(&other)));
+        assert!(!verify(&by_other, &verifying));
+    }
+
+    #[test]
+    fn pretty_printed_session_is_compacted_but_strings_are_untouched() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let session = br#"{ "identity" : { "id" : "a b" },
+            "traits": { "note": "tab\t and \"quoted\" and space " } , "n": [1, 2.5e3] }"#;
+        let jwt = sign_jwt(&key, session, "i", None, 1, 1, "j").unwrap();
+        let payload = B64URL.decode(jwt.split('.').nth(1).unwrap()).unwrap();
+        let text = String::from_utf8(payload).unwrap();
+        assert!(text.contains(r#""session":{"identity":{"id":"a b"},"traits":{"note":"tab\t and \"quoted\" and space "},"n":[1,2.5e3]}"#), "{text}");
+        let claims: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(claims["sub"], "a b");
+    }
+
+    #[test]
+    fn sessions_without_an_identity_or_not_json_are_refused() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        assert_eq!(sign_jwt(&key, b"{\"active\":true}", "i", None, 1, 60, "j"), Err(TokenError::NoIdentityId));
+        assert_eq!(
+            sign_jwt(&key, b"{\"identity\":{\"id\":\"\"}}", "i", None, 1, 60, "j"),
+            Err(TokenError::NoIdentityId)
+        );
+        assert_eq!(sign_jwt(&key, b"not json", "i", None, 1, 60, "j"), Err(TokenError::SessionNotJson));
+        assert_eq!(
+            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}} trailing", "i", None, 1, 60, "j"),
+            Err(TokenError::SessionNotJson)
+        );
+        assert_eq!(
+            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}}", "i", None, 1, 0, "j"),
+            Err(TokenError::ZeroLifetime)
+        );
+        assert_eq!(
+            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}}", "i", None, u64::MAX, 1, "j"),
+            Err(TokenError::TimeOverflow)
+        );
+        // Claims built by hand still refuse a session that is not one JSON object.
+        let claims = Claims::new("x", b"[1]", "i", None, 1, 1, "j").unwrap();
+        assert_eq!(sign_claims(&key, &claims), Err(TokenError::SessionNotJson));
+    }
+
+    #[test]
+    fn claims_escape_their_strings() {
+        let claims = Claims::new("a\"b", b"{}", "https://x/\"", Some("\\"), 1, 2, "j").unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&claims.to_json().unwrap()).unwrap();
+        assert_eq!(json["sub"], "a\"b");
+        assert_eq!(json["iss"], "https://x/\"");
+        assert_eq!(json["aud"], "\\");
+        assert_eq!(json["exp"], 3);
+    }
+
+    #[test]
+    fn uuid_v4_sets_version_and_variant() {
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+        assert_eq!(uuid_v4([0xff; 16]), "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        let random = random_jti().unwrap();
+        assert_eq!(random.len(), 36);
+        assert_eq!(&random[14..15], "4");
+        assert!(matches!(&random[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(random, random_jti().unwrap());
     }
 }
