@@ -1,1 +1,61 @@
+//! Test filter: header maps, pseudo-headers, properties and local replies.
+#![cfg(target_arch = "wasm32")]
 
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root) });
+}}
+
+struct Root;
+impl Context for Root {}
+impl RootContext for Root {
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Headers))
+    }
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Headers;
+impl Context for Headers {}
+impl HttpContext for Headers {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        if path == "/local" {
+            self.send_http_response(418, vec![("x-local", "yes")], Some(b"short and stout"));
+            return Action::Pause;
+        }
+        // Echo what the host showed us, so a test can check pseudo-headers and properties.
+        let count = self.get_http_request_headers().len().to_string();
+        self.set_http_request_header("x-count", Some(&count));
+        for (name, echo) in [(":method", "x-method"), (":authority", "x-authority"), (":scheme", "x-scheme")] {
+            let value = self.get_http_request_header(name).unwrap_or_default();
+            self.add_http_request_header(echo, &value);
+        }
+        for (path, echo) in [(vec!["source", "address"], "x-source"), (vec!["plugin_name"], "x-plugin")] {
+            let value = self.get_property(path).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+            self.add_http_request_header(echo, &value);
+        }
+        self.set_http_request_header("x-remove-me", None);
+        self.set_http_request_header("x-replace", Some("replaced"));
+        self.add_http_request_header("x-added", "one");
+        self.add_http_request_header("x-added", "two");
+        if path.starts_with("/rewrite") {
+            self.set_http_request_header(":path", Some("/rewritten"));
+        }
+        if path == "/replace-all" {
+            self.set_http_request_headers(vec![(":method", "GET"), (":path", "/all"), (":authority", "replaced")]);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        let status = self.get_http_response_header(":status").unwrap_or_default();
+        self.set_http_response_header("x-status-seen", Some(&status));
+        self.set_http_response_header("server", None);
+        Action::Continue
+    }
+}
