@@ -26,7 +26,10 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=ORY_PROXY_FILTER_WASM");
 
-    let target_dir = workspace.join("target").join("wasm-build");
+    // Beside the outer build's own output, so separate target directories stay separate.
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    let outer_target = env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace.join("target"));
+    let target_dir = outer_target.join("wasm-build");
     build_wasm(&workspace, &target_dir);
     let out = target_dir.join(WASM_TARGET).join("wasm");
 
