@@ -2,6 +2,12 @@
 //!
 //! - [`host`] is a generic proxy-wasm ABI v0.2.1 host on wasmtime; it knows nothing about Ory.
 //! - [`proxy`] is the HTTP side: hyper server and client, routes and clusters in Envoy's terms.
-//! - [`plan`] turns the command line into a deployment plan: filter configuration, clusters, routes.
+//! - [`plan`] turns what the user asked for into a deployment: filter configuration, clusters,
+//!   routes; [`cli`] reads the command line into it; [`local`] starts it.
 
+pub mod cli;
 pub mod host;
+pub mod local;
+pub mod plan;
+pub mod proxy;
+pub mod state;

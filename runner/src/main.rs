@@ -1,1 +1,100 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use ory_proxy::cli::{Cli, Command, LocalArgs};
+use ory_proxy::{local, plan};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Local(args) => runtime.block_on(run_local(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info,hyper=warn",
+        (false, 1) => "debug,hyper=info,wasmtime=info,cranelift=info",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("ORY_PROXY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+}
+
+async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
+    let deployment = args.deployment()?;
+    let plan = plan::plan(&deployment)?;
+    let wasm = match &args.filter {
+        Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("--filter {}: {e}", path.display()))?,
+        None => local::EMBEDDED_FILTER.to_vec(),
+    };
+    let proxy = local::start(&plan, &wasm).await?;
+    let address = proxy.local_addr()?;
+    if plan::is_public(&address) {
+        tracing::warn!("listening on {address}: other machines can reach this proxy");
+    }
+    let public = plan.public_url.as_str().trim_end_matches('/');
+    println!("ory-proxy is running.");
+    println!("  Open your app at   {public}/");
+    println!("  Your app           {}", deployment.upstream);
+    match &deployment.ory_url {
+        Some(ory) => println!("  Ory                {ory} (under {public}/.ory/)"),
+        None => println!("  Ory                not configured (set --sdk-url or ORY_SDK_URL)"),
+    }
+    let protection = &deployment.protection;
+    if !protection.is_empty() {
+        let rules: Vec<String> = protection
+            .prefixes
+            .iter()
+            .map(|p| format!("{p}*"))
+            .chain(protection.globs.iter().cloned())
+            .chain(protection.regexes.iter().map(|r| format!("/{r}/")))
+            .collect();
+        println!("  Protected paths    {}", rules.join(", "));
+    }
+    println!("  JWT public keys    {public}/.ory/jwks.json");
+    println!("Press Ctrl-C to stop.");
+    proxy.serve(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

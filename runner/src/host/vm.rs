@@ -130,7 +130,6 @@ impl Plugin {
         let state = VmState::new(self.spec.clone(), self.env.clone(), number);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(u64::MAX);
         let instance = self.pre.instantiate(&mut store).context("instantiating the filter")?;
         let exports = Exports::find(&instance, &mut store)?;
         let mut vm = Vm { store, exports, root: 1, next_context: 2, number, failed: false };
@@ -341,7 +340,8 @@ impl Vm {
         }
         let ticks = match self.store.data().spec.callback_deadline {
             Some(deadline) => (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
-            None => u64::MAX / 2,
+            // Effectively never: the epoch only advances when a ticker runs.
+            None => u64::MAX / 4,
         };
         self.store.set_epoch_deadline(ticks);
         self.store.data_mut().recent_errors.clear();

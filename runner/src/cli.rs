@@ -1,0 +1,296 @@
+//! The command line: flags (and the environment variables the original `ory proxy` read),
+//! turned into a [`Deployment`].
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+use crate::plan::{Deployment, Protection};
+use crate::state;
+
+const ABOUT: &str = "Put your app and Ory on one origin, and hand your app a signed JWT of every session.";
+
+const LOCAL_HELP: &str = "\
+Opens a reverse proxy in front of your app (UPSTREAM) on http://localhost:<port>.
+
+Ory's APIs and pages are served under /.ory/ on the same origin, so Ory's cookies work in the
+browser. Every request to your app is checked against Ory's /sessions/whoami; with an active
+session the proxy replaces the Authorization header with
+
+    Authorization: Bearer <JWT>
+
+an ES256-signed JWT whose `sub` is the identity id and whose `session` claim is the whole Ory
+session. Verify it with the public key published at
+
+    http://localhost:<port>/.ory/jwks.json
+
+The signing key is kept in $ORY_PROXY_HOME (default: your configuration directory) so that
+apps' JWKS caches survive restarts.
+
+Paths given with --protect-path-prefix/-glob/-regex require a session: browsers are sent to
+the login page, API clients get 401.
+
+Examples:
+  ory-proxy local http://localhost:3000 --sdk-url http://127.0.0.1:4433
+  ory-proxy local http://localhost:3000 --port 4000 --protect-path-prefix /members
+  ORY_SDK_URL=https://<slug>.projects.oryapis.com ory-proxy local http://localhost:3000";
+
+#[derive(Debug, Parser)]
+#[command(name = "ory-proxy", version = VERSION.as_str(), about = ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log more (repeat for even more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Log only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// The binary's version and the embedded filter's.
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("{} (filter {}, proxy-wasm ABI v0.2.1)", env!("CARGO_PKG_VERSION"), ory_proxy_filter::VERSION)
+});
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy in front of your app.
+    #[command(long_about = LOCAL_HELP)]
+    Local(LocalArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
+    /// The URL of your app, e.g. http://localhost:3000.
+    pub upstream: String,
+
+    /// The port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 4000)]
+    pub port: u16,
+
+    /// The address to listen on. Anything but a loopback address makes the proxy reachable from
+    /// other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Your Ory (Network or self-hosted Kratos) public URL.
+    #[arg(long, env = "ORY_SDK_URL")]
+    pub sdk_url: Option<String>,
+
+    /// Require a session for paths starting with this string (a plain string prefix: /members
+    /// also covers /membership). Repeatable.
+    #[arg(long, value_name = "PREFIX")]
+    pub protect_path_prefix: Vec<String>,
+
+    /// Require a session for paths matching this glob (`*` stays within a segment, `**` does not).
+    /// Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub protect_path_glob: Vec<String>,
+
+    /// Require a session for paths matching this regular expression (unanchored: write ^ and $
+    /// yourself). Repeatable.
+    #[arg(long, value_name = "REGEX")]
+    pub protect_path_regex: Vec<String>,
+
+    /// How long a JWT is valid, e.g. 60s or 5m.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub jwt_ttl: Duration,
+
+    /// How long a session answer from Ory is reused, e.g. 5s. 0s asks Ory on every request.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub session_cache_ttl: Option<Duration>,
+
+    /// Sign JWTs with this key (PKCS#8 or SEC1 PEM, or a private JWK) instead of the kept one.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_key: Option<PathBuf>,
+
+    /// Put this `aud` claim into every JWT.
+    #[arg(long, value_name = "AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Do not add a JWT to requests.
+    #[arg(long)]
+    pub no_jwt: bool,
+
+    /// Set this Domain on the cookies Ory sends (default: none, the cookie belongs to the host).
+    #[arg(long, value_name = "DOMAIN")]
+    pub cookie_domain: Option<String>,
+
+    /// Where to send users when Ory would show its welcome page (default: the proxy's URL).
+    #[arg(long, value_name = "URL")]
+    pub default_redirect_url: Option<String>,
+
+    /// Origins allowed to call through the proxy with credentials (besides the proxy's own).
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    pub allowed_cors_origins: Vec<String>,
+
+    /// Request headers to allow in CORS besides the usual ones.
+    #[arg(long, value_name = "HEADER", value_delimiter = ',')]
+    pub additional_cors_headers: Vec<String>,
+
+    /// Send your app its own host name in Host instead of the proxy's.
+    #[arg(long)]
+    pub rewrite_host: bool,
+
+    /// Run this proxy-wasm filter instead of the built-in one.
+    #[arg(long, value_name = "FILE.wasm")]
+    pub filter: Option<PathBuf>,
+
+    /// An Ory project API key, sent to Ory with every request through /.ory/.
+    #[arg(long, env = "ORY_PROJECT_API_KEY", hide_env_values = true)]
+    pub project_api_key: Option<String>,
+}
+
+/// `90`, `90s`, `500ms`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 60s, 500ms, 5m or 1h"))?;
+    let duration = match unit {
+        "" | "s" => Duration::from_secs(number),
+        "ms" => Duration::from_millis(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => return Err(format!("`{text}` has an unknown unit: use ms, s, m or h")),
+    };
+    Ok(duration)
+}
+
+fn parse_url(flag: &str, text: &str) -> anyhow::Result<Url> {
+    let url =
+        Url::parse(text).with_context(|| format!("{flag}: `{text}` is not a URL (e.g. http://localhost:3000)"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!("{flag}: `{text}` must be an http or https URL with a host");
+    }
+    Ok(url)
+}
+
+/// The address `--host` names: an IP address, or a name that resolves.
+fn listen_address(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let trimmed = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = trimmed.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("--host: cannot resolve `{host}`"))?
+        .next()
+        .with_context(|| format!("--host: `{host}` has no address"))
+}
+
+impl LocalArgs {
+    /// Checks every flag and reads the signing key.
+    pub fn deployment(&self) -> anyhow::Result<Deployment> {
+        let upstream = parse_url("UPSTREAM", &self.upstream)?;
+        let listen = listen_address(&self.host, self.port)?;
+        let public_host = if listen.ip().is_loopback() || listen.ip().is_unspecified() {
+            "localhost".to_string()
+        } else {
+            self.host.clone()
+        };
+        let public_url = parse_url("--host", &format!("http://{public_host}:{}", self.port))?;
+        let ory_url = self.sdk_url.as_deref().map(|url| parse_url("--sdk-url", url)).transpose()?;
+        let default_redirect_url =
+            self.default_redirect_url.as_deref().map(|url| parse_url("--default-redirect-url", url)).transpose()?;
+        if self.jwt_ttl.is_zero() {
+            bail!("--jwt-ttl must be longer than 0s");
+        }
+        let (signing_key, _) = match &self.jwt_key {
+            Some(path) => state::read_signing_key(path)?,
+            None => state::kept_signing_key(&state::home()?)?,
+        };
+        Ok(Deployment {
+            upstream,
+            listen,
+            public_url,
+            ory_url,
+            project_api_key: self.project_api_key.clone().filter(|key| !key.is_empty()),
+            protection: Protection {
+                prefixes: self.protect_path_prefix.clone(),
+                globs: self.protect_path_glob.clone(),
+                regexes: self.protect_path_regex.clone(),
+            },
+            jwt_enabled: !self.no_jwt,
+            jwt_ttl: self.jwt_ttl,
+            jwt_audience: self.jwt_audience.clone(),
+            session_cache_ttl: self.session_cache_ttl,
+            cookie_domain: self.cookie_domain.clone(),
+            default_redirect_url,
+            allowed_cors_origins: self.allowed_cors_origins.clone(),
+            additional_cors_headers: self.additional_cors_headers.clone(),
+            rewrite_host: self.rewrite_host,
+            signing_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ory-proxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn local_defaults_follow_the_seed() {
+        let Command::Local(args) = parse(&["local", "http://localhost:3000"]).unwrap().command;
+        assert_eq!(args.host, "127.0.0.1");
+        assert_eq!(args.jwt_ttl, Duration::from_secs(60));
+        assert!(args.protect_path_prefix.is_empty());
+        // PORT may be set in the environment of whoever runs the tests; only check it parsed.
+        let _ = args.port;
+    }
+
+    #[test]
+    fn rules_repeat_and_cors_lists_split() {
+        let cli = parse(&[
+            "local",
+            "http://localhost:3000",
+            "--protect-path-prefix",
+            "/members",
+            "--protect-path-prefix",
+            "/admin",
+            "--allowed-cors-origins",
+            "https://a.example,https://b.example",
+        ])
+        .unwrap();
+        let Command::Local(args) = cli.command;
+        assert_eq!(args.protect_path_prefix, ["/members", "/admin"]);
+        assert_eq!(args.allowed_cors_origins, ["https://a.example", "https://b.example"]);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = parse(&["local", "http://x", "--jwt-ttl", "soon"]).unwrap_err().to_string();
+        assert!(error.contains("--jwt-ttl"), "{error}");
+        let error = parse(&["local", "http://x", "--port", "99999"]).unwrap_err().to_string();
+        assert!(error.contains("--port"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_upstream_is_a_clear_error() {
+        let Command::Local(mut args) = parse(&["local", "localhost:3000"]).unwrap().command;
+        args.jwt_key = Some("/nonexistent".into());
+        let error = args.deployment().unwrap_err().to_string();
+        assert!(error.starts_with("UPSTREAM"), "{error}");
+    }
+}

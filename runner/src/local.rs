@@ -1,0 +1,41 @@
+//! Starting a plan: load the filter, start its VMs, bind the listener.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::host::{HostEnv, Plugin, PluginSpec};
+use crate::plan::Plan;
+use crate::proxy::{Clusters, FilterPool, PoolOptions, Proxy, ServeOptions};
+
+/// The filter built with this binary.
+pub const EMBEDDED_FILTER: &[u8] = include_bytes!(env!("ORY_PROXY_FILTER_WASM_PATH"));
+
+/// The most one filter callback may run before the host interrupts it.
+const CALLBACK_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Loads the filter with the plan's configuration. A filter that refuses the configuration is
+/// an error carrying the filter's own explanation.
+pub fn load_filter(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Plugin> {
+    let spec = PluginSpec {
+        name: "ory-proxy".into(),
+        vm_id: "ory-proxy".into(),
+        configuration: plan.filter_configuration().into_bytes(),
+        clusters: plan.cluster_names(),
+        callback_deadline: Some(CALLBACK_DEADLINE),
+        ..PluginSpec::default()
+    };
+    let plugin = Plugin::load(wasm, spec, HostEnv::new()).context("loading the filter")?;
+    plugin.start_deadline_ticker();
+    Ok(plugin)
+}
+
+/// Loads the filter, starts its VMs and binds the listener: everything that can fail at
+/// start-up fails here, before anything is served.
+pub async fn start(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Proxy> {
+    let plugin = load_filter(plan, wasm)?;
+    let clusters = Clusters::new(plan.clusters.clone())?;
+    let pool = FilterPool::start(plugin, clusters, PoolOptions::default()).context("starting the filter")?;
+    let options = ServeOptions { listen: plan.listen, ..ServeOptions::default() };
+    Proxy::bind(pool, plan.routes.clone(), options).await
+}

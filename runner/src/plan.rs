@@ -1,0 +1,258 @@
+//! The one place that turns what the user asked for into a deployment: the filter's
+//! configuration, the clusters and the routes. The runner runs this plan; `envoy-config` prints
+//! the same plan for Envoy, so both hosts get the same filter configuration by construction.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use url::Url;
+
+use crate::proxy::{Cluster, Route};
+
+pub const APP_CLUSTER: &str = "app";
+pub const ORY_CLUSTER: &str = "ory";
+pub const ORY_PREFIX: &str = "/.ory/";
+
+/// Paths that need a session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protection {
+    pub prefixes: Vec<String>,
+    pub globs: Vec<String>,
+    pub regexes: Vec<String>,
+}
+
+impl Protection {
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty() && self.globs.is_empty() && self.regexes.is_empty()
+    }
+}
+
+/// Everything `ory-proxy local` (and `envoy-config`) was asked for, already read and checked.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub upstream: Url,
+    pub listen: SocketAddr,
+    /// The URL browsers use; its host is one of the proxy's names.
+    pub public_url: Url,
+    pub ory_url: Option<Url>,
+    pub project_api_key: Option<String>,
+    pub protection: Protection,
+    pub jwt_enabled: bool,
+    pub jwt_ttl: Duration,
+    pub jwt_audience: Option<String>,
+    pub session_cache_ttl: Option<Duration>,
+    pub cookie_domain: Option<String>,
+    pub default_redirect_url: Option<Url>,
+    pub allowed_cors_origins: Vec<String>,
+    pub additional_cors_headers: Vec<String>,
+    /// Send the app its own host name instead of the browser's.
+    pub rewrite_host: bool,
+    /// The ES256 key as PEM (or a private JWK).
+    pub signing_key: String,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub listen: SocketAddr,
+    pub public_url: Url,
+    pub clusters: Vec<Cluster>,
+    pub routes: Vec<Route>,
+    /// The filter's configuration; [`Plan::filter_configuration`] is its exact bytes.
+    pub filter: Value,
+}
+
+impl Plan {
+    /// The filter configuration exactly as both hosts hand it to `on_configure`.
+    pub fn filter_configuration(&self) -> String {
+        self.filter.to_string()
+    }
+
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+}
+
+fn origin(url: &Url) -> Url {
+    let mut origin = url.clone();
+    origin.set_path("/");
+    origin.set_query(None);
+    origin.set_fragment(None);
+    origin
+}
+
+/// The host names under which this proxy answers: a request naming one of them keeps its own
+/// scheme and host in redirects; any other host is treated as spoofed.
+pub fn proxy_names(listen: &SocketAddr, public_url: &Url) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let listen_ip = listen.ip();
+    if !listen_ip.is_unspecified() {
+        names.push(listen_ip.to_string());
+    }
+    if let Some(host) = public_url.host_str() {
+        names.push(host.trim_start_matches('[').trim_end_matches(']').to_string());
+    }
+    names.dedup();
+    let mut unique = Vec::new();
+    for name in names {
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    unique
+}
+
+/// Builds the plan.
+pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
+    let upstream = &deployment.upstream;
+    let app = Cluster::new(APP_CLUSTER, origin(upstream).as_str()).context("the upstream URL")?;
+    let mut app_route = Route::to("/", APP_CLUSTER);
+    if upstream.path() != "/" {
+        // An upstream with a path serves the app below it.
+        let base = upstream.path().trim_end_matches('/');
+        app_route.prefix_rewrite = Some(format!("{base}/"));
+    }
+    if deployment.rewrite_host {
+        app_route.host_rewrite = Some(app.authority());
+    }
+    let mut clusters = vec![app];
+    let mut routes = vec![app_route];
+
+    let mut filter = json!({ "signing_key": deployment.signing_key });
+    if let Some(ory_url) = &deployment.ory_url {
+        let ory = Cluster::new(ORY_CLUSTER, origin(ory_url).as_str()).context("the Ory URL")?;
+        let base = ory_url.path().trim_end_matches('/');
+        routes.push(Route {
+            prefix: ORY_PREFIX.into(),
+            cluster: ORY_CLUSTER.into(),
+            prefix_rewrite: Some(format!("{base}/")),
+            host_rewrite: Some(ory.authority()),
+        });
+        clusters.push(ory);
+        let ory_config = json!({
+            "url": ory_url.as_str().trim_end_matches('/'),
+            "cluster": ORY_CLUSTER,
+            "project_api_key": deployment.project_api_key,
+        });
+        let object = filter.as_object_mut().expect("built as an object");
+        object.insert("ory".into(), ory_config);
+        object.insert("public_url".into(), json!(deployment.public_url.as_str().trim_end_matches('/')));
+        object.insert("proxy_names".into(), json!(proxy_names(&deployment.listen, &deployment.public_url)));
+        object.insert(
+            "protect".into(),
+            json!({
+                "prefixes": deployment.protection.prefixes,
+                "globs": deployment.protection.globs,
+                "regexes": deployment.protection.regexes,
+            }),
+        );
+        object.insert(
+            "jwt".into(),
+            json!({
+                "enabled": deployment.jwt_enabled,
+                "ttl_seconds": deployment.jwt_ttl.as_secs(),
+                "audience": deployment.jwt_audience,
+            }),
+        );
+        if let Some(ttl) = deployment.session_cache_ttl {
+            object.insert("session_cache".into(), json!({ "ttl_ms": ttl.as_millis() as u64 }));
+        }
+        object.insert("cookie_domain".into(), json!(deployment.cookie_domain));
+        object.insert(
+            "default_redirect_url".into(),
+            json!(deployment.default_redirect_url.as_ref().map(|u| u.as_str().to_string())),
+        );
+        object.insert(
+            "cors".into(),
+            json!({
+                "allowed_origins": deployment.allowed_cors_origins,
+                "additional_headers": deployment.additional_cors_headers,
+            }),
+        );
+    } else if !deployment.protection.is_empty() {
+        bail!("protecting paths needs to know where Ory is: set --sdk-url (or ORY_SDK_URL)");
+    }
+    Ok(Plan { listen: deployment.listen, public_url: deployment.public_url.clone(), clusters, routes, filter })
+}
+
+/// Whether binding to this address makes the proxy reachable from other machines.
+pub fn is_public(listen: &SocketAddr) -> bool {
+    match listen.ip() {
+        IpAddr::V4(ip) => !ip.is_loopback(),
+        IpAddr::V6(ip) => !ip.is_loopback(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment() -> Deployment {
+        Deployment {
+            upstream: Url::parse("http://127.0.0.1:3000").unwrap(),
+            listen: "127.0.0.1:4000".parse().unwrap(),
+            public_url: Url::parse("http://localhost:4000").unwrap(),
+            ory_url: None,
+            project_api_key: None,
+            protection: Protection::default(),
+            jwt_enabled: true,
+            jwt_ttl: Duration::from_secs(60),
+            jwt_audience: None,
+            session_cache_ttl: None,
+            cookie_domain: None,
+            default_redirect_url: None,
+            allowed_cors_origins: vec![],
+            additional_cors_headers: vec![],
+            rewrite_host: false,
+            signing_key: "PEM".into(),
+        }
+    }
+
+    #[test]
+    fn without_ory_the_plan_is_app_only() {
+        let plan = plan(&deployment()).unwrap();
+        assert_eq!(plan.cluster_names(), ["app"]);
+        assert_eq!(plan.routes, [Route::to("/", "app")]);
+        assert_eq!(plan.filter_configuration(), r#"{"signing_key":"PEM"}"#);
+    }
+
+    #[test]
+    fn ory_gets_a_cluster_and_a_rewriting_route() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("https://example.projects.oryapis.com/").unwrap());
+        let plan = plan(&deployment).unwrap();
+        assert_eq!(plan.cluster_names(), ["app", "ory"]);
+        let ory = &plan.routes[1];
+        assert_eq!(ory.prefix, "/.ory/");
+        assert_eq!(ory.prefix_rewrite.as_deref(), Some("/"));
+        assert_eq!(ory.host_rewrite.as_deref(), Some("example.projects.oryapis.com"));
+        assert_eq!(plan.filter["ory"]["url"], "https://example.projects.oryapis.com");
+        assert_eq!(plan.filter["public_url"], "http://localhost:4000");
+    }
+
+    #[test]
+    fn a_kratos_below_a_path_keeps_its_path() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("http://127.0.0.1:4455/.ory/kratos/public").unwrap());
+        let plan = plan(&deployment).unwrap();
+        assert_eq!(plan.routes[1].prefix_rewrite.as_deref(), Some("/.ory/kratos/public/"));
+    }
+
+    #[test]
+    fn protection_without_ory_is_refused() {
+        let mut deployment = deployment();
+        deployment.protection.prefixes.push("/members".into());
+        let error = plan(&deployment).unwrap_err().to_string();
+        assert!(error.contains("--sdk-url"), "{error}");
+    }
+
+    #[test]
+    fn names_include_the_listen_address_and_public_host() {
+        let names = proxy_names(&"192.168.1.5:4000".parse().unwrap(), &Url::parse("https://dev.example:4000").unwrap());
+        assert_eq!(names, ["localhost", "127.0.0.1", "::1", "192.168.1.5", "dev.example"]);
+        assert!(is_public(&"0.0.0.0:4000".parse().unwrap()));
+        assert!(!is_public(&"127.0.0.1:4000".parse().unwrap()));
+    }
+}

@@ -1,0 +1,178 @@
+//! Requests to clusters: the app, Ory, and whatever a filter calls with `proxy_http_call`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::Cluster;
+use crate::host::{HeaderList, HttpCallRequest, HttpCallResponse};
+
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Why an upstream request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("no cluster named `{0}`")]
+    UnknownCluster(String),
+    #[error("the request is malformed: {0}")]
+    BadRequest(String),
+    #[error("{0} did not answer in time")]
+    Timeout(String),
+    #[error("{cluster} could not be reached: {reason}")]
+    Unreachable { cluster: String, reason: String },
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+pub const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"];
+
+/// The clusters and one connection pool for all of them.
+#[derive(Clone)]
+pub struct Clusters {
+    clusters: HashMap<String, Cluster>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
+}
+
+impl Clusters {
+    pub fn new(clusters: Vec<Cluster>) -> anyhow::Result<Clusters> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(10)));
+        http.set_nodelay(true);
+        let tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new()).build(tls);
+        let clusters = clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
+        Ok(Clusters { clusters, client })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Cluster> {
+        self.clusters.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.clusters.keys().cloned().collect()
+    }
+
+    /// Sends a request built from a proxy-wasm header list to `cluster`. `host` overrides the
+    /// `Host` header; `timeout` bounds the wait for the response headers.
+    pub async fn send(
+        &self,
+        cluster: &str,
+        headers: &HeaderList,
+        path: &str,
+        host: Option<&str>,
+        body: Body,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let target = self.clusters.get(cluster).ok_or_else(|| UpstreamError::UnknownCluster(cluster.into()))?;
+        let request = build_request(target, headers, path, host, body)?;
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => Err(UpstreamError::Timeout(cluster.into())),
+            Ok(Err(error)) => {
+                let mut reason = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    reason = format!("{reason}: {cause}");
+                    source = cause.source();
+                }
+                Err(UpstreamError::Unreachable { cluster: cluster.into(), reason })
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
+    /// Carries out a filter's `proxy_http_call`: the whole answer, or `None` when it failed, or
+    /// Envoy's 504 when it timed out.
+    pub async fn call(&self, call: HttpCallRequest) -> Option<HttpCallResponse> {
+        let path = call.headers.get_str(":path").unwrap_or("/").to_string();
+        let body = full(call.body);
+        let timeout = if call.timeout.is_zero() { Duration::from_secs(60) } else { call.timeout };
+        let started = tokio::time::Instant::now();
+        let response = match self.send(&call.cluster, &call.headers, &path, None, body, timeout).await {
+            Ok(response) => response,
+            Err(UpstreamError::Timeout(_)) => return Some(HttpCallResponse::timeout()),
+            Err(error) => {
+                tracing::debug!(cluster = call.cluster, %error, "filter call failed");
+                return None;
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let remaining = timeout.saturating_sub(started.elapsed());
+        let collected = match tokio::time::timeout(remaining, body.collect()).await {
+            Err(_) => return Some(HttpCallResponse::timeout()),
+            Ok(Err(_)) => return None,
+            Ok(Ok(collected)) => collected,
+        };
+        let trailers = collected.trailers().map(header_list_from).unwrap_or_default();
+        let mut headers = HeaderList::new();
+        headers.add(":status", parts.status.as_str().as_bytes());
+        headers.0.extend(header_list_from(&parts.headers).0);
+        Some(HttpCallResponse { headers, body: collected.to_bytes().to_vec(), trailers })
+    }
+}
+
+/// A complete body.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An HTTP header map as a proxy-wasm list (names are already lower case in `http`).
+pub fn header_list_from(map: &http::HeaderMap) -> HeaderList {
+    HeaderList(map.iter().map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec())).collect())
+}
+
+/// Copies a proxy-wasm list into an HTTP header map, leaving out pseudo-headers and hop-by-hop
+/// headers. Names or values HTTP cannot carry are dropped with a warning: a filter's mistake
+/// must not become a malformed request.
+pub fn fill_header_map(map: &mut http::HeaderMap, list: &HeaderList) {
+    for (name, value) in &list.0 {
+        if name.starts_with(':') || HOP_BY_HOP.contains(&name.as_str()) {
+            continue;
+        }
+        match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+            (Ok(name), Ok(value)) => {
+                map.append(name, value);
+            }
+            _ => tracing::warn!(header = name, "dropping a header HTTP cannot carry"),
+        }
+    }
+}
+
+fn build_request(
+    cluster: &Cluster,
+    headers: &HeaderList,
+    path: &str,
+    host: Option<&str>,
+    body: Body,
+) -> Result<Request<Body>, UpstreamError> {
+    let method = headers.get_str(":method").unwrap_or("GET");
+    let method = http::Method::from_bytes(method.as_bytes())
+        .map_err(|_| UpstreamError::BadRequest(format!("`{method}` is not a method")))?;
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let uri: Uri = format!("{}://{}{}", cluster.url.scheme(), cluster.authority(), path)
+        .parse()
+        .map_err(|_| UpstreamError::BadRequest(format!("`{path}` is not a valid path")))?;
+    let mut request =
+        Request::builder().method(method).uri(uri).body(body).map_err(|e| UpstreamError::BadRequest(e.to_string()))?;
+    fill_header_map(request.headers_mut(), headers);
+    let authority = host.map(str::to_string).or_else(|| headers.get_str(":authority").map(str::to_string));
+    let authority = authority.unwrap_or_else(|| cluster.authority());
+    let value = HeaderValue::from_str(&authority)
+        .map_err(|_| UpstreamError::BadRequest(format!("`{authority}` is not a valid host")))?;
+    request.headers_mut().insert(http::header::HOST, value);
+    Ok(request)
+}

@@ -1,0 +1,396 @@
+//! One request through the filter and out to a cluster: the I/O around an [`Exchange`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Incoming;
+use tokio::sync::{mpsc, oneshot};
+
+use super::client::{Body, UpstreamError, fill_header_map, full, header_list_from};
+use super::pool::{FilterPool, Lease, Signal};
+use super::{Route, rewrite_path, route_for};
+use crate::host::{Exchange, HeaderList, Out, Step, StreamInfo};
+
+/// What the driver knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+}
+
+/// Everything a request needs: the filter, the routes, the limits.
+pub struct Shared {
+    pub pool: Arc<FilterPool>,
+    pub routes: Vec<Route>,
+    pub upstream_timeout: Duration,
+}
+
+type FrameSender = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+fn channel_body() -> (FrameSender, Body) {
+    let (sender, receiver) = mpsc::channel(8);
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|frame| (frame, receiver))
+    });
+    (sender, StreamBody::new(stream).boxed_unsync())
+}
+
+/// A response the proxy makes without the filter (the filter itself failed).
+pub fn plain_response(status: StatusCode, message: &str) -> Response<Body> {
+    let mut response = Response::new(full(format!("{message}\n")));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// The request as the filter sees it: pseudo-headers first, then the headers that are not
+/// about this connection alone.
+fn request_header_list(request: &Request<Incoming>, tls: bool) -> HeaderList {
+    let mut list = HeaderList::new();
+    list.add(":method", request.method().as_str().as_bytes());
+    list.add(":scheme", if tls { b"https" } else { b"http" });
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default();
+    list.add(":authority", authority.as_bytes());
+    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    list.add(":path", path.as_bytes());
+    // Headers a client names in `Connection` are for this hop only (and must not be used to make
+    // a later hop drop a header the filter adds).
+    let named: Vec<String> = request
+        .headers()
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .collect();
+    for (name, value) in request.headers() {
+        let name = name.as_str();
+        if super::client::HOP_BY_HOP.contains(&name) || named.iter().any(|n| n == name) {
+            continue;
+        }
+        list.add(name, value.as_bytes());
+    }
+    list
+}
+
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// The state of one request in flight.
+struct Driver {
+    shared: Arc<Shared>,
+    lease: Lease,
+    exchange: Option<Exchange>,
+    /// Where the response head goes (the hyper service is waiting on it).
+    respond: Option<oneshot::Sender<Response<Body>>>,
+    request_body: Option<Incoming>,
+    upstream_sink: Option<FrameSender>,
+    upstream: Option<BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
+    upstream_body: Option<Incoming>,
+    downstream_sink: Option<FrameSender>,
+    finished: bool,
+}
+
+/// Runs one request to completion. The response head is sent on `respond` as soon as it exists;
+/// the body keeps streaming from this task.
+pub async fn drive(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    connection: Connection,
+    respond: oneshot::Sender<Response<Body>>,
+) {
+    let info = StreamInfo {
+        source: Some(connection.peer),
+        destination: Some(connection.local),
+        protocol: protocol(request.version()).to_string(),
+    };
+    let (lease, exchange) = match shared.pool.open(info) {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::error!(%error, "the filter could not take the request");
+            let _ = respond.send(plain_response(StatusCode::INTERNAL_SERVER_ERROR, "The proxy's filter failed."));
+            return;
+        }
+    };
+    let headers = request_header_list(&request, connection.tls);
+    let (_, body) = request.into_parts();
+    let end = http_body::Body::is_end_stream(&body);
+    let mut driver = Driver {
+        shared,
+        lease,
+        exchange: Some(exchange),
+        respond: Some(respond),
+        request_body: (!end).then_some(body),
+        upstream_sink: None,
+        upstream: None,
+        upstream_body: None,
+        downstream_sink: None,
+        finished: false,
+    };
+    driver.step(move |exchange, vm| exchange.request_headers(vm, headers, end)).await;
+    driver.run().await;
+}
+
+impl Driver {
+    async fn run(&mut self) {
+        while !self.finished {
+            tokio::select! {
+                signal = self.lease.signals.recv() => match signal {
+                    Some(Signal::Effect(effect)) => self.step(move |exchange, vm| exchange.apply(vm, effect)).await,
+                    Some(Signal::VmFailed) | None => self.fail(StatusCode::INTERNAL_SERVER_ERROR, "The proxy's filter failed."),
+                },
+                frame = next_frame(&mut self.request_body), if self.request_body.is_some() => {
+                    let (data, end) = match frame {
+                        Ok(frame) => frame,
+                        Err(error) => {
+                            tracing::debug!(%error, "reading the request body");
+                            self.finished = true;
+                            break;
+                        }
+                    };
+                    if end {
+                        self.request_body = None;
+                    }
+                    self.step(move |exchange, vm| exchange.request_data(vm, &data, end)).await;
+                },
+                response = pending_upstream(&mut self.upstream), if self.upstream.is_some() => {
+                    self.upstream = None;
+                    self.upstream_answered(response).await;
+                },
+                frame = next_frame(&mut self.upstream_body), if self.upstream_body.is_some() => {
+                    let (data, end) = match frame {
+                        Ok(frame) => frame,
+                        Err(error) => {
+                            tracing::debug!(%error, "reading the upstream body");
+                            self.abort_downstream();
+                            break;
+                        }
+                    };
+                    if end {
+                        self.upstream_body = None;
+                    }
+                    self.step(move |exchange, vm| exchange.response_data(vm, &data, end)).await;
+                },
+            }
+        }
+        if let Some(exchange) = self.exchange.take() {
+            self.shared.pool.close(&self.lease, exchange);
+        }
+    }
+
+    /// Runs one step of the exchange and carries out what it says.
+    async fn step(
+        &mut self,
+        step: impl FnOnce(&mut Exchange, &mut crate::host::Vm) -> Result<Step, crate::host::VmError>,
+    ) {
+        let Some(exchange) = self.exchange.as_mut() else { return };
+        let result = self.shared.pool.run(&self.lease, |vm| step(exchange, vm));
+        match result {
+            Ok(step) => {
+                for out in step.out {
+                    self.carry_out(out).await;
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "the filter failed on a request");
+                self.exchange = None;
+                self.fail(StatusCode::INTERNAL_SERVER_ERROR, "The proxy's filter failed.");
+            }
+        }
+    }
+
+    async fn carry_out(&mut self, out: Out) {
+        match out {
+            Out::RequestHeaders(headers, end) => self.start_upstream(headers, end),
+            Out::RequestData(data, end) => {
+                if let Some(sink) = &self.upstream_sink {
+                    if !data.is_empty() && sink.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
+                        self.upstream_sink = None;
+                    }
+                }
+                if end {
+                    self.upstream_sink = None;
+                }
+            }
+            Out::Replied { .. } => {
+                self.upstream = None;
+                self.upstream_sink = None;
+                self.upstream_body = None;
+                self.request_body = None;
+            }
+            Out::ResponseHeaders(headers, end) => self.send_response_head(headers, end),
+            Out::ResponseData(data, end) => {
+                if let Some(sink) = &self.downstream_sink {
+                    if !data.is_empty() && sink.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
+                        // The client went away.
+                        self.downstream_sink = None;
+                        self.finished = true;
+                    }
+                }
+                if end {
+                    self.downstream_sink = None;
+                    self.finished = true;
+                }
+            }
+            Out::Reset => self.abort_downstream(),
+            Out::Fail(status, why) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                self.fail(status, why);
+            }
+        }
+    }
+
+    fn start_upstream(&mut self, headers: HeaderList, end: bool) {
+        let path = headers.get_str(":path").unwrap_or("/").to_string();
+        let Some(route) = route_for(&self.shared.routes, &path).cloned() else {
+            self.upstream = Some(Box::pin(async { Err(UpstreamError::BadRequest("no route".into())) }));
+            return;
+        };
+        let body = if end {
+            full(Bytes::new())
+        } else {
+            let (sink, body) = channel_body();
+            self.upstream_sink = Some(sink);
+            body
+        };
+        let upstream_path = rewrite_path(&route, &path);
+        let shared = self.shared.clone();
+        let timeout = self.shared.upstream_timeout;
+        self.upstream = Some(Box::pin(async move {
+            let clusters = shared.pool.clusters();
+            clusters.send(&route.cluster, &headers, &upstream_path, route.host_rewrite.as_deref(), body, timeout).await
+        }));
+    }
+
+    /// The upstream's answer, or its failure as a 502/504 that still goes through the filter.
+    async fn upstream_answered(&mut self, response: Result<Response<Incoming>, UpstreamError>) {
+        match response {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                let mut headers = HeaderList::new();
+                headers.add(":status", parts.status.as_str().as_bytes());
+                headers.0.extend(header_list_from(&parts.headers).0);
+                let end = http_body::Body::is_end_stream(&body);
+                if !end {
+                    self.upstream_body = Some(body);
+                }
+                self.step(move |exchange, vm| exchange.response_headers(vm, headers, end)).await;
+            }
+            Err(error) => {
+                let (status, message) = match &error {
+                    UpstreamError::Timeout(_) => (504, format!("The upstream did not answer in time: {error}.\n")),
+                    UpstreamError::BadRequest(reason) if reason == "no route" => {
+                        (404, "No route for this path.\n".to_string())
+                    }
+                    _ => (502, format!("The upstream could not be reached: {error}.\n")),
+                };
+                tracing::warn!(%error, "upstream failed");
+                self.upstream_sink = None;
+                self.request_body = None;
+                let mut headers = HeaderList::new();
+                headers.add(":status", status.to_string().as_bytes());
+                headers.add("content-type", b"text/plain; charset=utf-8");
+                headers.add("content-length", message.len().to_string().as_bytes());
+                self.step(move |exchange, vm| exchange.response_headers(vm, headers, false)).await;
+                self.step(move |exchange, vm| exchange.response_data(vm, message.as_bytes(), true)).await;
+            }
+        }
+    }
+
+    fn send_response_head(&mut self, headers: HeaderList, end: bool) {
+        let Some(respond) = self.respond.take() else { return };
+        let status = headers
+            .get_str(":status")
+            .and_then(|s| s.parse::<u16>().ok())
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        let body = if end {
+            self.finished = true;
+            full(Bytes::new())
+        } else {
+            let (sink, body) = channel_body();
+            self.downstream_sink = Some(sink);
+            body
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        fill_header_map(response.headers_mut(), &headers);
+        if respond.send(response).is_err() {
+            self.finished = true;
+        }
+    }
+
+    /// Answers with a plain error when nothing has been sent yet, else cuts the response short.
+    fn fail(&mut self, status: StatusCode, message: &str) {
+        match self.respond.take() {
+            Some(respond) => {
+                let _ = respond.send(plain_response(status, message));
+            }
+            None => self.abort_downstream(),
+        }
+        self.finished = true;
+    }
+
+    /// Ends the stream without a (complete) response: the client sees a reset.
+    fn abort_downstream(&mut self) {
+        self.respond = None;
+        self.downstream_sink = None;
+        self.upstream = None;
+        self.upstream_sink = None;
+        self.finished = true;
+    }
+}
+
+async fn pending_upstream(
+    upstream: &mut Option<BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
+) -> Result<Response<Incoming>, UpstreamError> {
+    match upstream.as_mut() {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next data frame of a body, and whether it was the last. Trailers end the body (they are
+/// not passed on).
+async fn next_frame(body: &mut Option<Incoming>) -> Result<(Vec<u8>, bool), hyper::Error> {
+    let Some(incoming) = body.as_mut() else { return Ok((Vec::new(), true)) };
+    loop {
+        match incoming.frame().await {
+            None => return Ok((Vec::new(), true)),
+            Some(Err(error)) => return Err(error),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = http_body::Body::is_end_stream(&*incoming);
+                    return Ok((data.to_vec(), end));
+                }
+                Err(_) => return Ok((Vec::new(), true)),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("finished", &self.finished).finish()
+    }
+}

@@ -1,0 +1,112 @@
+//! The HTTP side of the runner: a hyper server that passes every request through the filter and
+//! on to a cluster, in Envoy's terms.
+//!
+//! - a **cluster** is a name and a base URL (scheme, host, port);
+//! - a **route** sends paths with a prefix to a cluster, optionally rewriting the prefix and the
+//!   `Host` header;
+//! - the filter sees the request before routing, so it can answer, rewrite or refuse it.
+
+mod client;
+mod driver;
+mod pool;
+mod server;
+
+pub use client::{Clusters, UpstreamError};
+pub use pool::{FilterPool, PoolOptions};
+pub use server::{Proxy, ProxyHandle, ServeOptions};
+
+use url::Url;
+
+/// An upstream: where a name points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    /// Scheme, host and port; any path is refused (routes rewrite paths).
+    pub url: Url,
+}
+
+impl Cluster {
+    pub fn new(name: &str, url: &str) -> anyhow::Result<Cluster> {
+        let url = Url::parse(url).map_err(|e| anyhow::anyhow!("cluster {name}: `{url}` is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            anyhow::bail!("cluster {name}: `{url}` must be http or https");
+        }
+        if url.host_str().is_none() {
+            anyhow::bail!("cluster {name}: `{url}` has no host");
+        }
+        if url.path() != "/" || url.query().is_some() {
+            anyhow::bail!("cluster {name}: `{url}` must not carry a path or query; use a route's prefix rewrite");
+        }
+        Ok(Cluster { name: name.to_string(), url })
+    }
+
+    /// `host:port` as a `Host` header names it (the port only when not the scheme's default).
+    pub fn authority(&self) -> String {
+        let host = self.url.host_str().unwrap_or_default();
+        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+        match self.url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        }
+    }
+}
+
+/// Paths starting with `prefix` go to `cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    pub cluster: String,
+    /// Replaces the matched prefix.
+    pub prefix_rewrite: Option<String>,
+    /// Replaces the `Host` header.
+    pub host_rewrite: Option<String>,
+}
+
+impl Route {
+    pub fn to(prefix: &str, cluster: &str) -> Route {
+        Route { prefix: prefix.into(), cluster: cluster.into(), prefix_rewrite: None, host_rewrite: None }
+    }
+}
+
+/// The route for `path`: the longest matching prefix, as Envoy's first-match tables are usually
+/// written (most specific first).
+pub fn route_for<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
+    routes.iter().filter(|route| path.starts_with(&route.prefix)).max_by_key(|route| route.prefix.len())
+}
+
+/// The path the upstream gets: the route's prefix rewritten.
+pub fn rewrite_path(route: &Route, path: &str) -> String {
+    match &route.prefix_rewrite {
+        Some(rewrite) => format!("{rewrite}{}", &path[route.prefix.len()..]),
+        None => path.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins_and_rewrites_apply() {
+        let routes = vec![
+            Route::to("/", "app"),
+            Route { prefix_rewrite: Some("/".into()), host_rewrite: Some("ory".into()), ..Route::to("/.ory/", "ory") },
+        ];
+        let ory = route_for(&routes, "/.ory/sessions/whoami?x=1").unwrap();
+        assert_eq!(ory.cluster, "ory");
+        assert_eq!(rewrite_path(ory, "/.ory/sessions/whoami?x=1"), "/sessions/whoami?x=1");
+        assert_eq!(route_for(&routes, "/.oryx").unwrap().cluster, "app");
+        assert_eq!(route_for(&routes, "/members").unwrap().cluster, "app");
+        assert!(route_for(&routes[1..], "/members").is_none());
+    }
+
+    #[test]
+    fn clusters_refuse_paths_and_other_schemes() {
+        assert!(Cluster::new("app", "http://127.0.0.1:3000").is_ok());
+        assert!(Cluster::new("app", "http://127.0.0.1:3000/app").is_err());
+        assert!(Cluster::new("app", "ftp://127.0.0.1").is_err());
+        assert!(Cluster::new("app", "not a url").is_err());
+        assert_eq!(Cluster::new("a", "https://example.com").unwrap().authority(), "example.com");
+        assert_eq!(Cluster::new("a", "http://[::1]:8080").unwrap().authority(), "[::1]:8080");
+    }
+}

@@ -1,0 +1,118 @@
+//! What the runner keeps between runs, in `$ORY_PROXY_HOME` (default: the OS config directory):
+//! the JWT signing key, so that apps' JWKS caches survive restarts (and, later, the local CA).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use ory_proxy_filter::token::SigningKey;
+
+pub const SIGNING_KEY_FILE: &str = "jwt-signing-key.pem";
+
+/// The state directory: `$ORY_PROXY_HOME`, else `<config dir>/ory-proxy`.
+pub fn home() -> anyhow::Result<PathBuf> {
+    if let Some(home) = std::env::var_os("ORY_PROXY_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(home));
+    }
+    match dirs::config_dir() {
+        Some(config) => Ok(config.join("ory-proxy")),
+        None => bail!("cannot find a configuration directory for ory-proxy's state: set ORY_PROXY_HOME"),
+    }
+}
+
+/// Reads a key file given with `--jwt-key`: PKCS#8 or SEC1 PEM, or a private JWK.
+pub fn read_signing_key(path: &Path) -> anyhow::Result<(String, SigningKey)> {
+    let text = fs::read_to_string(path).with_context(|| format!("--jwt-key {}: cannot read it", path.display()))?;
+    let key = SigningKey::from_config_value(&serde_json::Value::String(text.clone()))
+        .map_err(|reason| anyhow::anyhow!("--jwt-key {}: {reason}", path.display()))?;
+    Ok((text, key))
+}
+
+/// The key kept in `home`, made on first use (readable by the owner only).
+pub fn kept_signing_key(home: &Path) -> anyhow::Result<(String, SigningKey)> {
+    let path = home.join(SIGNING_KEY_FILE);
+    if path.exists() {
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let key = SigningKey::from_pem(&text).map_err(|reason| {
+            anyhow::anyhow!("{} is damaged ({reason}): delete it to make a new key", path.display())
+        })?;
+        return Ok((text, key));
+    }
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a P-256 key")?;
+    let text = pair.serialize_pem();
+    write_private(&path, text.as_bytes())?;
+    let key = SigningKey::from_pem(&text).map_err(|reason| anyhow::anyhow!("the new key is unusable: {reason}"))?;
+    Ok((text, key))
+}
+
+/// Writes a secret: created with mode 0600 under a temporary name, then renamed into place, so a
+/// crash never leaves a half-written key behind.
+pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("a state file needs a directory")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let temporary = path.with_extension("tmp");
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary).with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    fs::rename(&temporary, path).with_context(|| format!("moving the new file to {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ory-proxy-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn the_key_is_made_once_private_and_reused() {
+        let dir = temp_dir("reuse");
+        let (first, key) = kept_signing_key(&dir).unwrap();
+        let (second, again) = kept_signing_key(&dir).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(key.kid(), again.kid());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(dir.join(SIGNING_KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_damaged_key_is_a_clear_error_and_is_left_alone() {
+        let dir = temp_dir("damaged");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(SIGNING_KEY_FILE), "garbage").unwrap();
+        let error = kept_signing_key(&dir).unwrap_err().to_string();
+        assert!(error.contains("damaged"), "{error}");
+        assert_eq!(fs::read_to_string(dir.join(SIGNING_KEY_FILE)).unwrap(), "garbage");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_given_key_file_must_be_a_key() {
+        let dir = temp_dir("given");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key.pem");
+        fs::write(&path, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap();
+        let error = read_signing_key(&path).unwrap_err().to_string();
+        assert!(error.starts_with("--jwt-key"), "{error}");
+        assert!(read_signing_key(&dir.join("missing.pem")).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
