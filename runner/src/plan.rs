@@ -53,6 +53,31 @@ pub struct Deployment {
     pub signing_key: String,
 }
 
+impl Deployment {
+    /// A deployment of `upstream` on `listen` with every option at its default.
+    pub fn new(upstream: Url, listen: SocketAddr, signing_key: String) -> Deployment {
+        let public_url = Url::parse(&format!("http://localhost:{}", listen.port())).expect("a valid URL");
+        Deployment {
+            upstream,
+            listen,
+            public_url,
+            ory_url: None,
+            project_api_key: None,
+            protection: Protection::default(),
+            jwt_enabled: true,
+            jwt_ttl: Duration::from_secs(60),
+            jwt_audience: None,
+            session_cache_ttl: None,
+            cookie_domain: None,
+            default_redirect_url: None,
+            allowed_cors_origins: Vec::new(),
+            additional_cors_headers: Vec::new(),
+            rewrite_host: false,
+            signing_key,
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -190,24 +215,8 @@ mod tests {
     use super::*;
 
     fn deployment() -> Deployment {
-        Deployment {
-            upstream: Url::parse("http://127.0.0.1:3000").unwrap(),
-            listen: "127.0.0.1:4000".parse().unwrap(),
-            public_url: Url::parse("http://localhost:4000").unwrap(),
-            ory_url: None,
-            project_api_key: None,
-            protection: Protection::default(),
-            jwt_enabled: true,
-            jwt_ttl: Duration::from_secs(60),
-            jwt_audience: None,
-            session_cache_ttl: None,
-            cookie_domain: None,
-            default_redirect_url: None,
-            allowed_cors_origins: vec![],
-            additional_cors_headers: vec![],
-            rewrite_host: false,
-            signing_key: "PEM".into(),
-        }
+        let upstream = Url::parse("http://127.0.0.1:3000").unwrap();
+        Deployment::new(upstream, "127.0.0.1:4000".parse().unwrap(), "PEM".into())
     }
 
     #[test]

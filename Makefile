@@ -1,0 +1,50 @@
+# ory-proxy: the verbs people type. Every target installs what it needs on a fresh machine.
+
+CARGO      ?= cargo
+WASM_TARGET = wasm32-wasip1
+FILTER_WASM = target/$(WASM_TARGET)/wasm/ory_proxy_filter.wasm
+PORT       ?= 4000
+
+.PHONY: all setup build filter test demo run lint fmt clean
+
+all: build
+
+## setup: install the toolchain pieces the build needs (the wasm target).
+setup:
+	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+
+## build: the filter .wasm (for Envoy) and the ory-proxy binary (which embeds it), optimised.
+build: setup filter
+	$(CARGO) build --locked --release -p ory-proxy --bin ory-proxy
+	@echo "built target/release/ory-proxy and $(FILTER_WASM)"
+
+## filter: just the proxy-wasm module, for Envoy or any other proxy-wasm host.
+filter: setup
+	$(CARGO) build --locked --target $(WASM_TARGET) --profile wasm -p ory-proxy-filter
+
+## test: unit tests (filter natively), host tests (test filters and our filter inside wasmtime),
+## and end-to-end tests over real sockets.
+test: setup
+	$(CARGO) test --locked --workspace --exclude test-filter-headers --exclude test-filter-bodies \
+		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import
+
+## demo: the Ory stand-in, the demo app and ory-proxy together; Ctrl-C stops all three.
+demo: setup
+	$(CARGO) build --locked -p ory-proxy -p ory-proxy-tests --bins
+	PORT=$(PORT) ./tests/demo.sh target/debug
+
+## run: ory-proxy in front of UPSTREAM (make run UPSTREAM=http://localhost:3000 ARGS="...").
+run: setup
+	$(CARGO) run --locked -p ory-proxy -- local $(UPSTREAM) --port $(PORT) $(ARGS)
+
+## lint: formatting and clippy, natively and for the wasm filter.
+lint: setup
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked -p ory-proxy-filter --target $(WASM_TARGET) -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
