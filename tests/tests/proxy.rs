@@ -29,7 +29,11 @@ async fn upstream() -> (ServerHandle, Seen) {
             let host = request.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
             let body = read_body(request.into_body(), 64 << 20).await.unwrap_or_default();
             record.lock().unwrap().push((method.clone(), path.clone(), host, body.len()));
-            Ok(response(StatusCode::OK, "text/plain", format!("upstream saw {method} {path} with {} bytes", body.len())))
+            Ok(response(
+                StatusCode::OK,
+                "text/plain",
+                format!("upstream saw {method} {path} with {} bytes", body.len()),
+            ))
         }
     })
     .unwrap();
