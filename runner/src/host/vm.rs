@@ -49,6 +49,15 @@ pub enum VmError {
 
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// A callback's deadline in epoch ticks from now; far away (but without overflowing the engine's
+/// epoch counter) when there is none.
+fn deadline_ticks(spec: &PluginSpec) -> u64 {
+    match spec.callback_deadline {
+        Some(deadline) => (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
+        None => u64::MAX / 2,
+    }
+}
+
 /// A compiled filter module with everything needed to start VMs from it.
 pub struct Plugin {
     engine: Engine,
@@ -130,7 +139,9 @@ impl Plugin {
         let state = VmState::new(self.spec.clone(), self.env.clone(), number);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(u64::MAX);
+        // Relative to the engine's current epoch: `u64::MAX` would overflow once the deadline
+        // ticker has run, so a replacement VM could not even be instantiated.
+        store.set_epoch_deadline(deadline_ticks(&self.spec));
         let instance = self.pre.instantiate(&mut store).context("instantiating the filter")?;
         let exports = Exports::find(&instance, &mut store)?;
         let mut vm = Vm { store, exports, root: 1, next_context: 2, number, failed: false };
@@ -339,10 +350,7 @@ impl Vm {
         if self.failed {
             return Err(VmError::Failed);
         }
-        let ticks = match self.store.data().spec.callback_deadline {
-            Some(deadline) => (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
-            None => u64::MAX / 2,
-        };
+        let ticks = deadline_ticks(&self.store.data().spec);
         self.store.set_epoch_deadline(ticks);
         self.store.data_mut().recent_errors.clear();
         match call(&mut self.store) {
