@@ -517,6 +517,15 @@ impl Vm {
         std::mem::take(&mut self.store.data_mut().effects)
     }
 
+    /// True when the last call asked for a local reply on `context` that is not carried out yet.
+    pub fn local_reply_pending(&self, context: u32) -> bool {
+        self.store
+            .data()
+            .effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::LocalReply { context: c, .. } if *c == context))
+    }
+
     /// Outstanding `proxy_http_call`s of this VM.
     pub fn pending_calls(&self) -> usize {
         self.store.data().calls.len()
