@@ -136,9 +136,7 @@ impl Exchange {
     /// Runs `on_log`, `on_done` and `on_delete`.
     pub fn finish(self, vm: &mut Vm) -> Result<Step, VmError> {
         vm.finish_stream(self.context)?;
-        let mut step = Step::default();
-        step.others = vm.take_effects();
-        Ok(step)
+        Ok(Step { others: vm.take_effects(), ..Step::default() })
     }
 
     fn half(&mut self, direction: Direction) -> &mut Half {

@@ -260,6 +260,8 @@ impl VmState {
 
 type Callback3 = TypedFunc<(u32, u32, u32), u32>;
 type Callback2 = TypedFunc<(u32, u32), u32>;
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseCallback = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// The filter's exports, looked up once per VM.
 struct Exports {
@@ -277,7 +279,7 @@ struct Exports {
     on_delete: Option<TypedFunc<u32, ()>>,
     on_tick: Option<TypedFunc<u32, ()>>,
     on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
-    on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    on_http_call_response: Option<CallResponseCallback>,
 }
 
 impl Exports {
