@@ -58,7 +58,9 @@ fn deadline_ticks(spec: &PluginSpec) -> u64 {
     }
 }
 
-/// A compiled filter module with everything needed to start VMs from it.
+/// A compiled filter module with everything needed to start VMs from it. Clones share the
+/// compiled code, the engine and the [`HostEnv`].
+#[derive(Clone)]
 pub struct Plugin {
     engine: Engine,
     pre: InstancePre<VmState>,
