@@ -136,9 +136,7 @@ impl Exchange {
     /// Runs `on_log`, `on_done` and `on_delete`.
     pub fn finish(self, vm: &mut Vm) -> Result<Step, VmError> {
         vm.finish_stream(self.context)?;
-        let mut step = Step::default();
-        step.others = vm.take_effects();
-        Ok(step)
+        Ok(Step { others: vm.take_effects(), ..Step::default() })
     }
 
     fn half(&mut self, direction: Direction) -> &mut Half {
@@ -154,7 +152,7 @@ impl Exchange {
             Direction::Request => vm.on_request_headers(self.context, end)?,
             Direction::Response => vm.on_response_headers(self.context, end)?,
         };
-        match action {
+        match self.unless_replying(vm, action) {
             Action::Continue => self.release_headers(vm, direction, step)?,
             Action::Pause => self.half(direction).stage = Stage::HeadersPaused,
         }
@@ -243,11 +241,18 @@ impl Exchange {
             Direction::Request => vm.on_request_body(self.context, end)?,
             Direction::Response => vm.on_response_body(self.context, end)?,
         };
-        match action {
+        match self.unless_replying(vm, action) {
             Action::Continue => self.flush_body(vm, direction, step)?,
             Action::Pause => self.half(direction).body_paused = true,
         }
         Ok(())
+    }
+
+    /// A callback that asked for a local reply stops the stream whatever it returned: in Envoy a
+    /// local reply ends the filter chain, so a request answered locally never goes upstream. (A
+    /// second reply, asked for while the first runs through the response callbacks, is ignored.)
+    fn unless_replying(&self, vm: &Vm, action: Action) -> Action {
+        if !self.replied && vm.local_reply_pending(self.context) { Action::Pause } else { action }
     }
 
     /// Sends what the filter's body buffer holds (as the filter left it) on its way.

@@ -59,8 +59,12 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(wasm: &[u8], spec: PluginSpec, env: Arc<HostEnv>) -> anyhow::Result<Harness> {
-        let plugin = Plugin::load(wasm, spec, env)?;
-        let vm = plugin.start_vm(0)?;
+        Harness::from_plugin(Plugin::load(wasm, spec, env)?, 0)
+    }
+
+    /// VM number `number` of an already loaded plugin.
+    pub fn from_plugin(plugin: Plugin, number: usize) -> anyhow::Result<Harness> {
+        let vm = plugin.start_vm(number)?;
         let mut harness = Harness {
             plugin,
             vm,
@@ -74,6 +78,17 @@ impl Harness {
         let effects = harness.vm.take_effects();
         harness.route(effects);
         Ok(harness)
+    }
+
+    /// Another VM of the same plugin, numbered `number`: Envoy's next worker. It shares the
+    /// compiled module and the [`HostEnv`] (shared data, queues, metrics) with this one.
+    pub fn worker(&self, number: usize) -> anyhow::Result<Harness> {
+        Harness::from_plugin(self.plugin.clone(), number)
+    }
+
+    /// The loaded plugin (e.g. to [`Plugin::start_deadline_ticker`]).
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
     }
 
     /// A harness with this configuration and these cluster names, and its own shared state.
@@ -100,11 +115,27 @@ impl Harness {
     pub fn replace_vm(&mut self) -> anyhow::Result<()> {
         self.vm = self.plugin.start_vm(self.vm.number())?;
         self.exchanges.clear();
+        // What the new VM asked for while starting (its timer, say) is carried out as in `new`.
+        let effects = self.vm.take_effects();
+        self.route(effects);
         Ok(())
     }
 
     /// Sends a request: headers, then `body` (if any) as one chunk that ends the stream.
     pub fn request(&mut self, headers: &[(&str, &str)], body: &[u8]) -> Result<u32, VmError> {
+        let id = self.open(headers, body.is_empty())?;
+        if !body.is_empty() {
+            self.request_data(id, body, true)?;
+        }
+        Ok(id)
+    }
+
+    /// Sends request headers with a body to follow through [`Harness::request_data`].
+    pub fn start_request(&mut self, headers: &[(&str, &str)]) -> Result<u32, VmError> {
+        self.open(headers, false)
+    }
+
+    fn open(&mut self, headers: &[(&str, &str)], end: bool) -> Result<u32, VmError> {
         let info = StreamInfo {
             source: "127.0.0.1:50000".parse().ok(),
             destination: "127.0.0.1:4000".parse().ok(),
@@ -115,11 +146,8 @@ impl Harness {
         self.exchanges.insert(id, (exchange, Recorded::default()));
         self.record(id, step);
         let headers = HeaderList::from_pairs(headers.iter().copied());
-        let step = self.with_exchange(id, |exchange, vm| exchange.request_headers(vm, headers, body.is_empty()))?;
+        let step = self.with_exchange(id, |exchange, vm| exchange.request_headers(vm, headers, end))?;
         self.record(id, step);
-        if !body.is_empty() {
-            self.request_data(id, body, true)?;
-        }
         Ok(id)
     }
 
@@ -132,16 +160,26 @@ impl Harness {
 
     /// The upstream answers: headers, then `body` as one chunk that ends the stream.
     pub fn respond(&mut self, id: u32, status: u16, headers: &[(&str, &str)], body: &[u8]) -> Result<(), VmError> {
+        self.response_head(id, status, headers, body.is_empty())?;
+        if !body.is_empty() {
+            self.response_data(id, body, true)?;
+        }
+        Ok(())
+    }
+
+    /// The upstream answers with headers; the body follows through [`Harness::response_data`].
+    pub fn start_response(&mut self, id: u32, status: u16, headers: &[(&str, &str)]) -> Result<(), VmError> {
+        self.response_head(id, status, headers, false)
+    }
+
+    fn response_head(&mut self, id: u32, status: u16, headers: &[(&str, &str)], end: bool) -> Result<(), VmError> {
         let mut list = HeaderList::new();
         list.add(":status", status.to_string().as_bytes());
         for (name, value) in headers {
             list.add(name, value.as_bytes());
         }
-        let step = self.with_exchange(id, |exchange, vm| exchange.response_headers(vm, list, body.is_empty()))?;
+        let step = self.with_exchange(id, |exchange, vm| exchange.response_headers(vm, list, end))?;
         self.record(id, step);
-        if !body.is_empty() {
-            self.response_data(id, body, true)?;
-        }
         Ok(())
     }
 

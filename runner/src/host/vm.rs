@@ -49,7 +49,18 @@ pub enum VmError {
 
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// A compiled filter module with everything needed to start VMs from it.
+/// A callback's deadline in epoch ticks from now; far away (but without overflowing the engine's
+/// epoch counter) when there is none.
+fn deadline_ticks(spec: &PluginSpec) -> u64 {
+    match spec.callback_deadline {
+        Some(deadline) => (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
+        None => u64::MAX / 2,
+    }
+}
+
+/// A compiled filter module with everything needed to start VMs from it. Clones share the
+/// compiled code, the engine and the [`HostEnv`].
+#[derive(Clone)]
 pub struct Plugin {
     engine: Engine,
     pre: InstancePre<VmState>,
@@ -130,6 +141,9 @@ impl Plugin {
         let state = VmState::new(self.spec.clone(), self.env.clone(), number);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
+        // Relative to the engine's current epoch: `u64::MAX` would overflow once the deadline
+        // ticker has run, so a replacement VM could not even be instantiated.
+        store.set_epoch_deadline(deadline_ticks(&self.spec));
         let instance = self.pre.instantiate(&mut store).context("instantiating the filter")?;
         let exports = Exports::find(&instance, &mut store)?;
         let mut vm = Vm { store, exports, root: 1, next_context: 2, number, failed: false };
@@ -248,6 +262,8 @@ impl VmState {
 
 type Callback3 = TypedFunc<(u32, u32, u32), u32>;
 type Callback2 = TypedFunc<(u32, u32), u32>;
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponseCallback = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// The filter's exports, looked up once per VM.
 struct Exports {
@@ -265,7 +281,7 @@ struct Exports {
     on_delete: Option<TypedFunc<u32, ()>>,
     on_tick: Option<TypedFunc<u32, ()>>,
     on_queue_ready: Option<TypedFunc<(u32, u32), ()>>,
-    on_http_call_response: Option<TypedFunc<(u32, u32, u32, u32, u32), ()>>,
+    on_http_call_response: Option<CallResponseCallback>,
 }
 
 impl Exports {
@@ -338,11 +354,7 @@ impl Vm {
         if self.failed {
             return Err(VmError::Failed);
         }
-        let ticks = match self.store.data().spec.callback_deadline {
-            Some(deadline) => (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64,
-            // Effectively never: the epoch only advances when a ticker runs.
-            None => u64::MAX / 4,
-        };
+        let ticks = deadline_ticks(&self.store.data().spec);
         self.store.set_epoch_deadline(ticks);
         self.store.data_mut().recent_errors.clear();
         match call(&mut self.store) {
@@ -507,6 +519,15 @@ impl Vm {
     /// The effects requested since the last call, in order.
     pub fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.store.data_mut().effects)
+    }
+
+    /// True when the last call asked for a local reply on `context` that is not carried out yet.
+    pub fn local_reply_pending(&self, context: u32) -> bool {
+        self.store
+            .data()
+            .effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::LocalReply { context: c, .. } if *c == context))
     }
 
     /// Outstanding `proxy_http_call`s of this VM.

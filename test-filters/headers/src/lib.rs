@@ -28,6 +28,11 @@ impl HttpContext for Headers {
             self.send_http_response(418, vec![("x-local", "yes")], Some(b"short and stout"));
             return Action::Pause;
         }
+        if path == "/local-continue" {
+            // A reply, then Continue: the host must still not send the request upstream.
+            self.send_http_response(403, vec![("x-local", "continue")], Some(b"denied"));
+            return Action::Continue;
+        }
         // Echo what the host showed us, so a test can check pseudo-headers and properties.
         let count = self.get_http_request_headers().len().to_string();
         self.set_http_request_header("x-count", Some(&count));
