@@ -223,10 +223,11 @@ impl Driver {
         match out {
             Out::RequestHeaders(headers, end) => self.start_upstream(headers, end),
             Out::RequestData(data, end) => {
-                if let Some(sink) = &self.upstream_sink {
-                    if !data.is_empty() && sink.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
-                        self.upstream_sink = None;
-                    }
+                if let Some(sink) = &self.upstream_sink
+                    && !data.is_empty()
+                    && sink.send(Ok(Frame::data(Bytes::from(data)))).await.is_err()
+                {
+                    self.upstream_sink = None;
                 }
                 if end {
                     self.upstream_sink = None;
@@ -240,12 +241,13 @@ impl Driver {
             }
             Out::ResponseHeaders(headers, end) => self.send_response_head(headers, end),
             Out::ResponseData(data, end) => {
-                if let Some(sink) = &self.downstream_sink {
-                    if !data.is_empty() && sink.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
-                        // The client went away.
-                        self.downstream_sink = None;
-                        self.finished = true;
-                    }
+                if let Some(sink) = &self.downstream_sink
+                    && !data.is_empty()
+                    && sink.send(Ok(Frame::data(Bytes::from(data)))).await.is_err()
+                {
+                    // The client went away.
+                    self.downstream_sink = None;
+                    self.finished = true;
                 }
                 if end {
                     self.downstream_sink = None;
@@ -374,18 +376,16 @@ async fn pending_upstream(
 /// not passed on).
 async fn next_frame(body: &mut Option<Incoming>) -> Result<(Vec<u8>, bool), hyper::Error> {
     let Some(incoming) = body.as_mut() else { return Ok((Vec::new(), true)) };
-    loop {
-        match incoming.frame().await {
-            None => return Ok((Vec::new(), true)),
-            Some(Err(error)) => return Err(error),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => {
-                    let end = http_body::Body::is_end_stream(&*incoming);
-                    return Ok((data.to_vec(), end));
-                }
-                Err(_) => return Ok((Vec::new(), true)),
-            },
-        }
+    match incoming.frame().await {
+        None => Ok((Vec::new(), true)),
+        Some(Err(error)) => Err(error),
+        Some(Ok(frame)) => match frame.into_data() {
+            Ok(data) => {
+                let end = http_body::Body::is_end_stream(&*incoming);
+                Ok((data.to_vec(), end))
+            }
+            Err(_) => Ok((Vec::new(), true)),
+        },
     }
 }
 
