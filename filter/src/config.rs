@@ -266,9 +266,11 @@ impl Config {
 fn refuse_without_ory(raw: &RawConfig) -> Result<(), ConfigError> {
     let why = "needs `ory` (there is no session check without it)";
     let protect = &raw.protect;
-    for (field, rules) in
-        [("protect.prefixes", &protect.prefixes), ("protect.globs", &protect.globs), ("protect.regexes", &protect.regexes)]
-    {
+    for (field, rules) in [
+        ("protect.prefixes", &protect.prefixes),
+        ("protect.globs", &protect.globs),
+        ("protect.regexes", &protect.regexes),
+    ] {
         if !rules.is_empty() {
             return Err(field_error(field, why));
         }
@@ -347,15 +349,16 @@ fn ory_config(ory: &RawOry, raw: &RawConfig, key: &SigningKey) -> Result<OryConf
 
     for (index, prefix) in raw.session_cookie_prefixes.iter().enumerate() {
         if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b)) {
-            return Err(field_error(&format!("session_cookie_prefixes[{index}]"), format!("{prefix:?} is not a cookie name prefix")));
+            return Err(field_error(
+                &format!("session_cookie_prefixes[{index}]"),
+                format!("{prefix:?} is not a cookie name prefix"),
+            ));
         }
     }
 
     let cookie_domain = match raw.cookie_domain.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(domain)
-            if domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_') =>
-        {
+        Some(domain) if domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_') => {
             Some(domain.to_string())
         }
         Some(domain) => return Err(field_error("cookie_domain", format!("{domain:?} is not a domain name"))),
