@@ -62,16 +62,46 @@ fn deadline_ticks(spec: &PluginSpec) -> u64 {
 /// compiled code, the engine and the [`HostEnv`].
 #[derive(Clone)]
 pub struct Plugin {
-    engine: Engine,
-    pre: InstancePre<VmState>,
+    compiled: Compiled,
     spec: Arc<PluginSpec>,
     env: Arc<HostEnv>,
 }
 
+/// A module compiled and linked once, shared by every plugin loaded from the same bytes.
+#[derive(Clone)]
+struct Compiled {
+    engine: Engine,
+    pre: InstancePre<VmState>,
+    /// Whether a thread already advances this engine's epoch (one is enough; two would halve
+    /// every deadline).
+    ticking: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Modules compiled in this process, by their bytes: compiling costs seconds, and tests start
+/// many proxies from the same filter.
+static COMPILED: std::sync::Mutex<Vec<(Vec<u8>, Compiled)>> = std::sync::Mutex::new(Vec::new());
+
 impl Plugin {
-    /// Compiles and links a module. Fails with a clear message when the module is not a
-    /// proxy-wasm ABI v0.2.1 filter or imports a host function this host does not provide.
+    /// Compiles and links a module (once per process for the same bytes). Fails with a clear
+    /// message when the module is not a proxy-wasm ABI v0.2.1 filter or imports a host function
+    /// this host does not provide.
     pub fn load(wasm: &[u8], spec: PluginSpec, env: Arc<HostEnv>) -> anyhow::Result<Plugin> {
+        // Held while compiling, so that concurrent loads of one module compile it once.
+        let mut cache = COMPILED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let compiled = match cache.iter().find(|(bytes, _)| bytes == wasm) {
+            Some((_, compiled)) => compiled.clone(),
+            None => {
+                let compiled = Compiled::new(wasm)?;
+                cache.push((wasm.to_vec(), compiled.clone()));
+                compiled
+            }
+        };
+        Ok(Plugin { compiled, spec: Arc::new(spec), env })
+    }
+}
+
+impl Compiled {
+    fn new(wasm: &[u8]) -> anyhow::Result<Compiled> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).context("creating the wasm engine")?;
@@ -108,9 +138,11 @@ impl Plugin {
             bail!("the filter imports {}, which this proxy-wasm ABI v0.2.1 host does not provide", missing.join(", "));
         }
         let pre = linker.instantiate_pre(&module).context("linking the filter")?;
-        Ok(Plugin { engine, pre, spec: Arc::new(spec), env })
+        Ok(Compiled { engine, pre, ticking: Arc::default() })
     }
+}
 
+impl Plugin {
     pub fn env(&self) -> &Arc<HostEnv> {
         &self.env
     }
@@ -122,7 +154,10 @@ impl Plugin {
     /// Lets `callback_deadline` interrupt runaway callbacks: a background thread advances the
     /// engine's epoch. Without it, callbacks are never interrupted.
     pub fn start_deadline_ticker(&self) {
-        let engine = self.engine.clone();
+        if self.compiled.ticking.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let engine = self.compiled.engine.clone();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
@@ -139,12 +174,12 @@ impl Plugin {
     /// carries what the filter logged.
     pub fn start_vm(&self, number: usize) -> anyhow::Result<Vm> {
         let state = VmState::new(self.spec.clone(), self.env.clone(), number);
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&self.compiled.engine, state);
         store.limiter(|state| &mut state.limits);
         // Relative to the engine's current epoch: `u64::MAX` would overflow once the deadline
         // ticker has run, so a replacement VM could not even be instantiated.
         store.set_epoch_deadline(deadline_ticks(&self.spec));
-        let instance = self.pre.instantiate(&mut store).context("instantiating the filter")?;
+        let instance = self.compiled.pre.instantiate(&mut store).context("instantiating the filter")?;
         let exports = Exports::find(&instance, &mut store)?;
         let mut vm = Vm { store, exports, root: 1, next_context: 2, number, failed: false };
 
