@@ -5,7 +5,7 @@ WASM_TARGET = wasm32-wasip1
 FILTER_WASM = target/$(WASM_TARGET)/wasm/ory_proxy_filter.wasm
 PORT       ?= 4000
 
-.PHONY: all setup build filter test demo run lint fmt clean
+.PHONY: all setup build filter test demo run envoy-config lint fmt clean
 
 all: build
 
@@ -36,6 +36,16 @@ demo: setup
 ## run: ory-proxy in front of UPSTREAM (make run UPSTREAM=http://localhost:3000 ARGS="...").
 run: setup
 	$(CARGO) run --locked -p ory-proxy -- local $(UPSTREAM) --port $(PORT) $(ARGS)
+
+## envoy-config: regenerate envoy/envoy.yaml, the Envoy example for the demo setup (app on :3000,
+## the Ory stand-in on :4433). It signs with the published demo key: never use it beyond a laptop.
+## runner/tests/envoy_config.rs runs the same flags and fails when the file is stale.
+ENVOY_DEMO_FLAGS = http://127.0.0.1:3000 --port 4000 --sdk-url http://127.0.0.1:4433 \
+	--protect-path-prefix /members --jwt-key envoy/demo-signing-key.pem
+envoy-config: setup
+	ORY_PROJECT_API_KEY= $(CARGO) run --locked -q -p ory-proxy -- envoy-config $(ENVOY_DEMO_FLAGS) > envoy/envoy.yaml.tmp \
+		&& mv envoy/envoy.yaml.tmp envoy/envoy.yaml || { rm -f envoy/envoy.yaml.tmp; exit 1; }
+	@echo "wrote envoy/envoy.yaml"
 
 ## lint: formatting and clippy, natively and for the wasm filter.
 lint: setup

@@ -67,6 +67,63 @@ pub enum Command {
     /// Run the proxy in front of your app.
     #[command(long_about = LOCAL_HELP)]
     Local(LocalArgs),
+    /// Print the Envoy configuration that runs the same filter with the same settings.
+    #[command(long_about = ENVOY_HELP)]
+    EnvoyConfig(EnvoyArgs),
+}
+
+const ENVOY_HELP: &str = "\
+Prints an Envoy v3 bootstrap (YAML) that runs the ory-proxy filter exactly as `ory-proxy local`
+would with the same flags: the same filter configuration, routes and clusters.
+
+The configuration carries the JWT signing key (--jwt-key, or the key kept in $ORY_PROXY_HOME):
+give every Envoy instance the same file, and keep it as secret as the key. Build the module with
+`make filter` and put it where --module-path says. See envoy/README.md.
+
+Examples:
+  ory-proxy envoy-config http://app:3000 --sdk-url https://<slug>.projects.oryapis.com \\
+      --host 0.0.0.0 --jwt-key signing-key.pem -o envoy.yaml
+  envoy -c envoy.yaml";
+
+#[derive(Debug, Clone, Args)]
+pub struct EnvoyArgs {
+    #[command(flatten)]
+    pub local: LocalArgs,
+
+    /// Where Envoy finds the filter module (a path inside the container when Envoy runs in one).
+    #[arg(long, value_name = "PATH", default_value = crate::envoy::DEFAULT_MODULE_PATH)]
+    pub module_path: String,
+
+    /// Serve Envoy's admin interface on 127.0.0.1:<PORT> (default: no admin interface).
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+
+    /// The CA bundle Envoy verifies HTTPS upstreams (Ory Network, an https app) against.
+    #[arg(long, value_name = "FILE", default_value = crate::envoy::DEFAULT_CA_FILE)]
+    pub upstream_ca_file: String,
+
+    /// Write the configuration to this file (readable by its owner only) instead of printing it.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+impl EnvoyArgs {
+    pub fn options(&self) -> crate::envoy::EnvoyOptions {
+        crate::envoy::EnvoyOptions {
+            module_path: self.module_path.clone(),
+            admin_port: self.admin_port,
+            ca_file: self.upstream_ca_file.clone(),
+        }
+    }
+
+    /// The plan `ory-proxy local` would run with these flags, as Envoy YAML.
+    pub fn bootstrap_yaml(&self) -> anyhow::Result<String> {
+        if let Some(filter) = &self.local.filter {
+            bail!("--filter {}: Envoy loads the module from --module-path instead", filter.display());
+        }
+        let plan = crate::plan::plan(&self.local.deployment()?)?;
+        Ok(crate::envoy::bootstrap_yaml(&plan, &self.options()))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -283,7 +340,7 @@ mod tests {
 
     #[test]
     fn local_defaults_follow_the_seed() {
-        let Command::Local(args) = parse(&["local", "http://localhost:3000"]).unwrap().command;
+        let Command::Local(args) = parse(&["local", "http://localhost:3000"]).unwrap().command else { panic!() };
         assert_eq!(args.host, "127.0.0.1");
         assert_eq!(args.jwt_ttl, Duration::from_secs(60));
         assert!(args.protect_path_prefix.is_empty());
@@ -304,7 +361,7 @@ mod tests {
             "https://a.example,https://b.example",
         ])
         .unwrap();
-        let Command::Local(args) = cli.command;
+        let Command::Local(args) = cli.command else { panic!() };
         assert_eq!(args.protect_path_prefix, ["/members", "/admin"]);
         assert_eq!(args.allowed_cors_origins, ["https://a.example", "https://b.example"]);
     }
@@ -319,7 +376,7 @@ mod tests {
 
     #[test]
     fn a_bad_upstream_is_a_clear_error() {
-        let Command::Local(mut args) = parse(&["local", "localhost:3000"]).unwrap().command;
+        let Command::Local(mut args) = parse(&["local", "localhost:3000"]).unwrap().command else { panic!() };
         args.jwt_key = Some("/nonexistent".into());
         let error = args.deployment_with(None).unwrap_err().to_string();
         assert!(error.starts_with("UPSTREAM"), "{error}");

@@ -3,9 +3,11 @@
 //! - [`host`] is a generic proxy-wasm ABI v0.2.1 host on wasmtime; it knows nothing about Ory.
 //! - [`proxy`] is the HTTP side: hyper server and client, routes and clusters in Envoy's terms.
 //! - [`plan`] turns what the user asked for into a deployment: filter configuration, clusters,
-//!   routes; [`cli`] reads the command line into it; [`local`] starts it.
+//!   routes; [`cli`] reads the command line into it; [`local`] starts it; [`envoy`] prints it
+//!   as an Envoy bootstrap.
 
 pub mod cli;
+pub mod envoy;
 pub mod host;
 pub mod local;
 pub mod ory_url;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::host::{HostEnv, Plugin, PluginSpec};
-use crate::plan::Plan;
+use crate::plan::{FILTER_NAME, Plan};
 use crate::proxy::{Clusters, FilterPool, PoolOptions, Proxy, ServeOptions};
 
 /// The filter built with this binary.
@@ -22,8 +22,8 @@ const CALLBACK_DEADLINE: Duration = Duration::from_secs(2);
 /// an error carrying the filter's own explanation.
 pub fn load_filter(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Plugin> {
     let spec = PluginSpec {
-        name: "ory-proxy".into(),
-        vm_id: "ory-proxy".into(),
+        name: FILTER_NAME.into(),
+        vm_id: FILTER_NAME.into(),
         configuration: plan.filter_configuration().into_bytes(),
         clusters: plan.cluster_names(),
         callback_deadline: Some(CALLBACK_DEADLINE),

@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ory_proxy::cli::{Cli, Command, LocalArgs};
-use ory_proxy::{local, plan};
+use ory_proxy::cli::{Cli, Command, EnvoyArgs, LocalArgs};
+use ory_proxy::{local, plan, state};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Local(args) => runtime.block_on(run_local(args)),
+        Command::EnvoyConfig(args) => envoy_config(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,6 +74,21 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
     proxy.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn envoy_config(args: &EnvoyArgs) -> anyhow::Result<()> {
+    let yaml = args.bootstrap_yaml()?;
+    if yaml.contains(ory_proxy::envoy::DEMO_HEADER) {
+        tracing::warn!("signing with the published demo key: fine on a laptop, never anywhere else");
+    }
+    match &args.output {
+        Some(path) => {
+            state::write_private(path, yaml.as_bytes())?;
+            eprintln!("wrote {} (it holds the signing key: keep it secret)", path.display());
+        }
+        None => print!("{yaml}"),
+    }
     Ok(())
 }
 

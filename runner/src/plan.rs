@@ -14,6 +14,9 @@ use crate::proxy::{Cluster, Route};
 pub const APP_CLUSTER: &str = "app";
 pub const ORY_CLUSTER: &str = "ory";
 pub const ORY_PREFIX: &str = "/.ory/";
+/// The filter's plugin name, root id and VM id, in the runner and in Envoy alike (Envoy shares
+/// data between the VMs of one VM id).
+pub const FILTER_NAME: &str = "ory-proxy";
 
 /// Paths that need a session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

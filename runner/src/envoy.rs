@@ -1,0 +1,331 @@
+//! `ory-proxy envoy-config`: the deployment [`Plan`] as an Envoy v3 bootstrap.
+//!
+//! The runner runs a plan; this module prints the same plan for Envoy: a static listener with an
+//! HTTP connection manager, the `envoy.filters.http.wasm` filter carrying exactly the filter
+//! configuration the runner hands to `on_configure` ([`Plan::filter_configuration`]), the routes
+//! (`/.ory/` to the `ory` cluster with prefix and host rewrite, everything else to `app`) and
+//! the clusters, with verified TLS and SNI for `https` upstreams.
+//!
+//! The filter configuration carries the JWT signing key. That is the contract for Envoy: every
+//! Envoy instance (and every worker VM inside one) gets the same key through the same
+//! configuration, so tokens signed by any of them verify against the one JWKS. The bootstrap is
+//! therefore a secret, like the key file it was made from.
+
+use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
+use url::{Host, Url};
+
+use crate::plan::{FILTER_NAME, Plan};
+use crate::proxy::{Cluster, Route};
+
+/// Where the official Envoy image (and most installs) find the module unless told otherwise.
+pub const DEFAULT_MODULE_PATH: &str = "/etc/envoy/ory_proxy_filter.wasm";
+/// The CA bundle Envoy verifies HTTPS upstreams against: Debian's and Ubuntu's path, which the
+/// `envoyproxy/envoy` image has.
+pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The key that signs the checked-in example (`envoy/demo-signing-key.pem`). It is public, so a
+/// configuration signed with it is labelled as a demo in the YAML itself.
+pub const DEMO_SIGNING_KEY: &str = include_str!("../../envoy/demo-signing-key.pem");
+
+/// `@type` URLs of the extensions the bootstrap uses.
+pub mod type_url {
+    pub const HTTP_CONNECTION_MANAGER: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    pub const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+    pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
+    pub const UPSTREAM_TLS_CONTEXT: &str =
+        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+    pub const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+}
+
+/// The Wasm runtime every Envoy build ships.
+pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
+
+/// What the plan does not say but Envoy needs to know.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// The filter `.wasm` as Envoy sees it (a path inside the container, for docker).
+    pub module_path: String,
+    /// Serve Envoy's admin interface on `127.0.0.1:<port>`; none when `None`.
+    pub admin_port: Option<u16>,
+    /// The CA bundle for verifying `https` upstreams.
+    pub ca_file: String,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> EnvoyOptions {
+        EnvoyOptions { module_path: DEFAULT_MODULE_PATH.into(), admin_port: None, ca_file: DEFAULT_CA_FILE.into() }
+    }
+}
+
+const HEADER: &str = "\
+# Envoy v3 bootstrap for the ory-proxy filter, made by `ory-proxy envoy-config`.
+# The filter configuration below carries the JWT signing key: keep this file as secret as the
+# key, and give every Envoy instance the same one. See envoy/README.md.
+";
+
+/// Heads a configuration signed with [`DEMO_SIGNING_KEY`].
+pub const DEMO_HEADER: &str = "\
+#
+# DEMO ONLY: this configuration signs JWTs with the published demo key
+# (envoy/demo-signing-key.pem). Anyone can forge tokens with it. Never use it beyond your laptop:
+# make your own with `ory-proxy envoy-config ... --jwt-key <your key>`.
+";
+
+/// The bootstrap as YAML, with a comment saying what it is.
+pub fn bootstrap_yaml(plan: &Plan, options: &EnvoyOptions) -> String {
+    let mut yaml = String::from(HEADER);
+    if uses_demo_key(plan) {
+        yaml.push_str(DEMO_HEADER);
+    }
+    // One line per value: long `@type` URLs and the configuration stay greppable, never folded.
+    let style = serde_saphyr::ser_options! { prefer_block_scalars: false };
+    let body = serde_saphyr::to_string_with_options(&bootstrap(plan, options), style);
+    yaml.push_str(&body.expect("a tree of maps, lists and scalars serialises"));
+    yaml
+}
+
+/// Whether the plan signs with the published demo key.
+pub fn uses_demo_key(plan: &Plan) -> bool {
+    plan.filter.get("signing_key").and_then(|key| key.as_str()).is_some_and(|key| key.trim() == DEMO_SIGNING_KEY.trim())
+}
+
+/// The bootstrap as a tree, in the order a person reads it.
+pub fn bootstrap(plan: &Plan, options: &EnvoyOptions) -> Node {
+    let mut root = Vec::new();
+    if let Some(port) = options.admin_port {
+        root.push(("admin", map([("address", socket_address("127.0.0.1", port))])));
+    }
+    let clusters = plan.clusters.iter().map(|cluster| envoy_cluster(cluster, options)).collect();
+    root.push((
+        "static_resources",
+        map([("listeners", Node::List(vec![listener(plan, options)])), ("clusters", Node::List(clusters))]),
+    ));
+    Node::map(root)
+}
+
+fn listener(plan: &Plan, options: &EnvoyOptions) -> Node {
+    let connection_manager = map([
+        ("@type", type_url::HTTP_CONNECTION_MANAGER.into()),
+        ("stat_prefix", "ory_proxy".into()),
+        ("codec_type", "AUTO".into()),
+        // Envoy is the edge here: the client's address is the peer's, never a header's.
+        ("use_remote_address", true.into()),
+        // The filter normalises paths itself; Envoy doing the same first changes nothing and
+        // keeps Envoy's own routing on the normalised path.
+        ("normalize_path", true.into()),
+        ("merge_slashes", true.into()),
+        ("upgrade_configs", Node::List(vec![map([("upgrade_type", "websocket".into())])])),
+        ("route_config", route_config(&plan.routes)),
+        ("http_filters", Node::List(vec![wasm_filter(plan, options), router_filter()])),
+    ]);
+    map([
+        ("name", "ory_proxy".into()),
+        ("address", socket_address(&plan.listen.ip().to_string(), plan.listen.port())),
+        (
+            "filter_chains",
+            Node::List(vec![map([(
+                "filters",
+                Node::List(vec![map([
+                    ("name", "envoy.filters.network.http_connection_manager".into()),
+                    ("typed_config", connection_manager),
+                ])]),
+            )])]),
+        ),
+    ])
+}
+
+/// Envoy takes the first route that matches; the runner the longest prefix. Longest first makes
+/// them agree.
+fn route_config(routes: &[Route]) -> Node {
+    let mut ordered: Vec<&Route> = routes.iter().collect();
+    ordered.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+    let routes = ordered.into_iter().map(envoy_route).collect();
+    map([
+        ("name", "ory_proxy".into()),
+        (
+            "virtual_hosts",
+            Node::List(vec![map([
+                ("name", "ory_proxy".into()),
+                ("domains", Node::List(vec!["*".into()])),
+                ("routes", Node::List(routes)),
+            ])]),
+        ),
+    ])
+}
+
+fn envoy_route(route: &Route) -> Node {
+    let mut action = vec![("cluster", Node::from(route.cluster.as_str()))];
+    if let Some(rewrite) = &route.prefix_rewrite {
+        action.push(("prefix_rewrite", rewrite.as_str().into()));
+    }
+    if let Some(host) = &route.host_rewrite {
+        action.push(("host_rewrite_literal", host.as_str().into()));
+    }
+    // Ory answers small documents; the app may stream (downloads, server-sent events,
+    // WebSockets), so its route has no overall limit and the connection manager's idle timeout
+    // (5 minutes unless set) ends streams that stall.
+    let timeout = if route.cluster == crate::plan::ORY_CLUSTER { "60s" } else { "0s" };
+    action.push(("timeout", timeout.into()));
+    map([("match", map([("prefix", route.prefix.as_str().into())])), ("route", Node::map(action))])
+}
+
+fn wasm_filter(plan: &Plan, options: &EnvoyOptions) -> Node {
+    let config = map([
+        ("name", FILTER_NAME.into()),
+        ("root_id", FILTER_NAME.into()),
+        (
+            "vm_config",
+            map([
+                // One vm_id for every worker's VM: Envoy's shared data is per vm_id, and that is
+                // where the filter keeps its process-wide state.
+                ("vm_id", FILTER_NAME.into()),
+                ("runtime", WASM_RUNTIME.into()),
+                ("code", map([("local", map([("filename", options.module_path.as_str().into())]))])),
+            ]),
+        ),
+        (
+            "configuration",
+            map([("@type", type_url::STRING_VALUE.into()), ("value", plan.filter_configuration().into())]),
+        ),
+    ]);
+    map([
+        ("name", "envoy.filters.http.wasm".into()),
+        ("typed_config", map([("@type", type_url::WASM.into()), ("config", config)])),
+    ])
+}
+
+fn router_filter() -> Node {
+    map([("name", "envoy.filters.http.router".into()), ("typed_config", map([("@type", type_url::ROUTER.into())]))])
+}
+
+fn envoy_cluster(cluster: &Cluster, options: &EnvoyOptions) -> Node {
+    let url = &cluster.url;
+    let host = url.host().expect("clusters have a host");
+    let port = url.port_or_known_default().expect("http and https have default ports");
+    let address = match &host {
+        Host::Domain(name) => name.to_string(),
+        Host::Ipv4(ip) => ip.to_string(),
+        Host::Ipv6(ip) => ip.to_string(),
+    };
+    let mut fields = vec![("name", Node::from(cluster.name.as_str()))];
+    if let Host::Domain(_) = host {
+        // One logical host, re-resolved as DNS changes: what the runner's client does, and what
+        // Envoy recommends for large web services such as Ory Network.
+        fields.push(("type", "LOGICAL_DNS".into()));
+        fields.push(("dns_lookup_family", "V4_PREFERRED".into()));
+    } else {
+        fields.push(("type", "STATIC".into()));
+    }
+    fields.push(("connect_timeout", "10s".into()));
+    fields.push((
+        "load_assignment",
+        map([
+            ("cluster_name", cluster.name.as_str().into()),
+            (
+                "endpoints",
+                Node::List(vec![map([(
+                    "lb_endpoints",
+                    Node::List(vec![map([("endpoint", map([("address", socket_address(&address, port))]))])]),
+                )])]),
+            ),
+        ]),
+    ));
+    if url.scheme() == "https" {
+        fields.push(("transport_socket", upstream_tls(url, &address, options)));
+    }
+    Node::map(fields)
+}
+
+/// TLS to an upstream, verified: the certificate must chain to the CA bundle and name the host.
+/// Without a validation context Envoy would accept any certificate.
+fn upstream_tls(url: &Url, address: &str, options: &EnvoyOptions) -> Node {
+    let is_name = matches!(url.host(), Some(Host::Domain(_)));
+    let san_type = if is_name { "DNS" } else { "IP_ADDRESS" };
+    let validation = map([
+        ("trusted_ca", map([("filename", options.ca_file.as_str().into())])),
+        (
+            "match_typed_subject_alt_names",
+            Node::List(vec![map([("san_type", san_type.into()), ("matcher", map([("exact", address.into())]))])]),
+        ),
+    ]);
+    let mut context = vec![("@type", Node::from(type_url::UPSTREAM_TLS_CONTEXT))];
+    if is_name {
+        // SNI names a host; an IP address is never sent as SNI.
+        context.push(("sni", address.into()));
+    }
+    context.push(("common_tls_context", map([("validation_context", validation)])));
+    map([("name", "envoy.transport_sockets.tls".into()), ("typed_config", Node::map(context))])
+}
+
+fn socket_address(address: &str, port: u16) -> Node {
+    map([("socket_address", map([("address", address.into()), ("port_value", port.into())]))])
+}
+
+/// A YAML tree whose maps keep the order they were built in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node {
+    Map(Vec<(String, Node)>),
+    List(Vec<Node>),
+    Str(String),
+    Int(u64),
+    Bool(bool),
+}
+
+impl Node {
+    fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, Node)>) -> Node {
+        Node::Map(pairs.into_iter().map(|(key, value)| (key.to_string(), value)).collect())
+    }
+}
+
+fn map<const N: usize>(pairs: [(&str, Node); N]) -> Node {
+    Node::map(pairs)
+}
+
+impl From<&str> for Node {
+    fn from(value: &str) -> Node {
+        Node::Str(value.to_string())
+    }
+}
+
+impl From<String> for Node {
+    fn from(value: String) -> Node {
+        Node::Str(value)
+    }
+}
+
+impl From<u16> for Node {
+    fn from(value: u16) -> Node {
+        Node::Int(value.into())
+    }
+}
+
+impl From<bool> for Node {
+    fn from(value: bool) -> Node {
+        Node::Bool(value)
+    }
+}
+
+impl Serialize for Node {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Node::Map(pairs) => {
+                let mut map = serializer.serialize_map(Some(pairs.len()))?;
+                for (key, value) in pairs {
+                    map.serialize_entry(key, value)?;
+                }
+                map.end()
+            }
+            Node::List(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Node::Str(text) => serializer.serialize_str(text),
+            Node::Int(number) => serializer.serialize_u64(*number),
+            Node::Bool(flag) => serializer.serialize_bool(*flag),
+        }
+    }
+}
