@@ -117,11 +117,11 @@ impl EnvoyArgs {
     }
 
     /// The plan `ory-proxy local` would run with these flags, as Envoy YAML.
-    pub fn bootstrap_yaml(&self) -> anyhow::Result<String> {
+    pub async fn bootstrap_yaml(&self) -> anyhow::Result<String> {
         if let Some(filter) = &self.local.filter {
             bail!("--filter {}: Envoy loads the module from --module-path instead", filter.display());
         }
-        let plan = crate::plan::plan(&self.local.deployment()?)?;
+        let plan = crate::plan::plan(&self.local.deployment().await?)?;
         Ok(crate::envoy::bootstrap_yaml(&plan, &self.options()))
     }
 }

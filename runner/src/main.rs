@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Local(args) => runtime.block_on(run_local(args)),
-        Command::EnvoyConfig(args) => envoy_config(&args),
+        Command::EnvoyConfig(args) => runtime.block_on(envoy_config(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,8 +77,8 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn envoy_config(args: &EnvoyArgs) -> anyhow::Result<()> {
-    let yaml = args.bootstrap_yaml()?;
+async fn envoy_config(args: &EnvoyArgs) -> anyhow::Result<()> {
+    let yaml = args.bootstrap_yaml().await?;
     if yaml.contains(ory_proxy::envoy::DEMO_HEADER) {
         tracing::warn!("signing with the published demo key: fine on a laptop, never anywhere else");
     }

@@ -57,6 +57,7 @@ fn without_environment(local: &mut LocalArgs, flags: &[String]) {
         local.sdk_url = None;
     }
     local.project_api_key = None;
+    local.project = None;
 }
 
 fn envoy_args(flags: &[&str]) -> EnvoyArgs {
@@ -80,7 +81,12 @@ fn local_args(flags: &[&str]) -> LocalArgs {
 }
 
 fn envoy_yaml(flags: &[&str]) -> String {
-    envoy_args(flags).bootstrap_yaml().expect("a bootstrap")
+    block_on(envoy_args(flags).bootstrap_yaml()).expect("a bootstrap")
+}
+
+/// Finding Ory may need the network (an access token's console lookup), so it is async.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime").block_on(future)
 }
 
 /// Envoy's API as a descriptor pool: the `FileDescriptorSet` that envoy-types compiled from
@@ -197,7 +203,15 @@ fn typed(bootstrap: &DynamicMessage) -> (Bootstrap, HttpConnectionManager, Strin
 /// Flag sets that cover every shape the bootstrap takes.
 const CASES: &[&[&str]] = &[
     DEMO_FLAGS,
-    &["http://localhost:3000", "--port", "4000", "--jwt-key", "envoy/demo-signing-key.pem"],
+    &[
+        "http://localhost:3000",
+        "--port",
+        "4000",
+        "--sdk-url",
+        "http://localhost:4433",
+        "--jwt-key",
+        "envoy/demo-signing-key.pem",
+    ],
     &[
         "https://app.example:8443/base",
         "--host",
@@ -246,7 +260,7 @@ fn every_bootstrap_is_valid_against_envoys_v3_api() {
 fn the_filter_configuration_is_the_runners_byte_for_byte() {
     for flags in CASES {
         let envoy_flags: Vec<&str> = flags.iter().copied().take_while(|flag| *flag != "--module-path").collect();
-        let deployment = local_args(&envoy_flags).deployment().unwrap();
+        let deployment = block_on(local_args(&envoy_flags).deployment()).unwrap();
         let runner = ory_proxy::plan::plan(&deployment).unwrap().filter_configuration();
 
         let yaml = envoy_yaml(flags);
@@ -386,7 +400,15 @@ fn only_the_demo_key_is_labelled_as_a_demo() {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     std::fs::write(&key, pair.serialize_pem()).unwrap();
     let key = key.display().to_string();
-    let yaml = envoy_yaml(&["http://127.0.0.1:3000", "--port", "4000", "--jwt-key", &key]);
+    let yaml = envoy_yaml(&[
+        "http://127.0.0.1:3000",
+        "--port",
+        "4000",
+        "--sdk-url",
+        "http://127.0.0.1:4433",
+        "--jwt-key",
+        &key,
+    ]);
     assert!(!yaml.contains("DEMO ONLY"), "{yaml}");
     assert!(yaml.starts_with("# Envoy v3 bootstrap"), "{yaml}");
     validate(&yaml).unwrap();
