@@ -1141,3 +1141,37 @@ fn cors_headers_on_responses_come_from_the_policy_only() {
     assert_eq!(h.recorded(id).status(), Some(401));
     assert_eq!(h.recorded(id).response_header("access-control-allow-origin"), Some("http://app.test:3000"));
 }
+
+/// Envoy runs one VM per worker: two instances of the module, sharing the host's data, must
+/// sign with the same key and serve each other's cached sessions.
+#[test]
+fn two_vms_share_the_key_and_the_session_cache() {
+    let mut first = harness();
+    let mut second = first.worker(1).expect("a second VM");
+
+    let id = get(&mut first, "/members", &[COOKIE]);
+    let token = whoami_call(&mut first);
+    answer_active(&mut first, token);
+    let jwt_first = bearer(first.recorded(id));
+
+    // The second VM finds the first one's entry: no whoami call, the same token.
+    let id = get(&mut second, "/members", &[COOKIE]);
+    assert!(second.take_http_calls().is_empty(), "the second VM must use the shared cache");
+    assert!(reached_app(second.recorded(id)));
+    assert_eq!(bearer(second.recorded(id)), jwt_first);
+
+    // A new session signed by the second VM verifies with the key the first VM publishes.
+    let id = get(&mut second, "/members", &[("cookie", "ory_kratos_session=another")]);
+    let token = whoami_call(&mut second);
+    answer_active(&mut second, token);
+    let jwt_second = bearer(second.recorded(id));
+    assert_ne!(jwt_second, jwt_first);
+    let claims = verify(&mut first, &jwt_second);
+    assert_eq!(claims["sub"], session_json()["identity"]["id"]);
+    // And both publish one and the same key.
+    let jwks = |h: &mut Harness| {
+        let id = get(h, "/.ory/jwks.json", &[]);
+        h.recorded(id).response_body.clone()
+    };
+    assert_eq!(jwks(&mut first), jwks(&mut second));
+}
