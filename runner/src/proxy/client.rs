@@ -77,9 +77,15 @@ impl Clusters {
         host: Option<&str>,
         body: Body,
         timeout: Duration,
+        protocol_upgrade: Option<&HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let target = self.clusters.get(cluster).ok_or_else(|| UpstreamError::UnknownCluster(cluster.into()))?;
-        let request = build_request(target, headers, path, host, body)?;
+        let mut request = build_request(target, headers, path, host, body)?;
+        if let Some(protocol) = protocol_upgrade {
+            // Hop-by-hop headers are this hop's to set: ask the upstream for the same switch.
+            request.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+            request.headers_mut().insert(http::header::UPGRADE, protocol.clone());
+        }
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout(cluster.into())),
             Ok(Err(error)) => {
@@ -102,7 +108,7 @@ impl Clusters {
         let body = full(call.body);
         let timeout = if call.timeout.is_zero() { Duration::from_secs(60) } else { call.timeout };
         let started = tokio::time::Instant::now();
-        let response = match self.send(&call.cluster, &call.headers, &path, None, body, timeout).await {
+        let response = match self.send(&call.cluster, &call.headers, &path, None, body, timeout, None).await {
             Ok(response) => response,
             Err(UpstreamError::Timeout(_)) => return Some(HttpCallResponse::timeout()),
             Err(error) => {

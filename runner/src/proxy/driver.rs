@@ -11,6 +11,8 @@ use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
 
 use super::client::{Body, UpstreamError, fill_header_map, full, header_list_from};
@@ -109,6 +111,10 @@ struct Driver {
     upstream_body: Option<Incoming>,
     downstream_sink: Option<FrameSender>,
     finished: bool,
+    /// A client asking to switch protocols (WebSocket): what it asked for, and its side of the
+    /// connection once hyper hands it over.
+    client_upgrade: Option<(http::HeaderValue, OnUpgrade)>,
+    upstream_upgrade: Option<OnUpgrade>,
     /// For the access log.
     method: String,
     path: String,
@@ -120,7 +126,7 @@ struct Driver {
 /// the body keeps streaming from this task.
 pub async fn drive(
     shared: Arc<Shared>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     connection: Connection,
     respond: oneshot::Sender<Response<Body>>,
 ) {
@@ -138,6 +144,8 @@ pub async fn drive(
         }
     };
     let headers = request_header_list(&request, connection.tls);
+    let client_upgrade =
+        requested_upgrade(request.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
     let (_, body) = request.into_parts();
@@ -153,6 +161,8 @@ pub async fn drive(
         upstream_body: None,
         downstream_sink: None,
         finished: false,
+        client_upgrade,
+        upstream_upgrade: None,
         method,
         path,
         status: None,
@@ -305,16 +315,21 @@ impl Driver {
         let upstream_path = rewrite_path(&route, &path);
         let shared = self.shared.clone();
         let timeout = self.shared.upstream_timeout;
+        let protocol = self.client_upgrade.as_ref().map(|(protocol, _)| protocol.clone());
         self.upstream = Some(Box::pin(async move {
             let clusters = shared.pool.clusters();
-            clusters.send(&route.cluster, &headers, &upstream_path, route.host_rewrite.as_deref(), body, timeout).await
+            let host = route.host_rewrite.as_deref();
+            clusters.send(&route.cluster, &headers, &upstream_path, host, body, timeout, protocol.as_ref()).await
         }));
     }
 
     /// The upstream's answer, or its failure as a 502/504 that still goes through the filter.
     async fn upstream_answered(&mut self, response: Result<Response<Incoming>, UpstreamError>) {
         match response {
-            Ok(response) => {
+            Ok(mut response) => {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    self.upstream_upgrade = Some(hyper::upgrade::on(&mut response));
+                }
                 let (parts, body) = response.into_parts();
                 let mut headers = HeaderList::new();
                 headers.add(":status", parts.status.as_str().as_bytes());
@@ -365,9 +380,35 @@ impl Driver {
         let mut response = Response::new(body);
         *response.status_mut() = status;
         fill_header_map(response.headers_mut(), &headers);
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.tunnel(&mut response);
+        }
         if respond.send(response).is_err() {
             self.finished = true;
         }
+    }
+
+    /// The upstream agreed to switch protocols: once both sides hand over their connections,
+    /// bytes flow between them untouched (the filter saw the handshake, not the frames).
+    fn tunnel(&mut self, response: &mut Response<Body>) {
+        let (Some((protocol, client)), Some(upstream)) = (self.client_upgrade.take(), self.upstream_upgrade.take())
+        else {
+            return;
+        };
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        response.headers_mut().insert(http::header::UPGRADE, protocol);
+        tokio::spawn(async move {
+            match tokio::try_join!(client, upstream) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                        tracing::debug!(%error, "upgraded connection ended");
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
+            }
+        });
     }
 
     /// Answers with a plain error when nothing has been sent yet, else cuts the response short.
@@ -399,6 +440,17 @@ async fn pending_upstream(
         Some(future) => future.await,
         None => std::future::pending().await,
     }
+}
+
+/// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade: …`).
+fn requested_upgrade(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let connection_says_upgrade = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    if connection_says_upgrade { headers.get(http::header::UPGRADE).cloned() } else { None }
 }
 
 /// The next data frame of a body, and whether it was the last. Trailers end the body (they are
