@@ -5,13 +5,23 @@ WASM_TARGET = wasm32-wasip1
 FILTER_WASM = target/$(WASM_TARGET)/wasm/ory_proxy_filter.wasm
 PORT       ?= 4000
 
-.PHONY: all setup build filter test demo run lint fmt clean
+.PHONY: all setup setup-browser build filter test demo run lint fmt clean
 
 all: build
 
 ## setup: install the toolchain pieces the build needs (the wasm target).
 setup:
 	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+
+## setup-browser: what the HTTPS trust and browser tests need: certutil (libnss3-tools) to write
+## NSS databases. Installed with apt-get when missing (as root, or through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+setup-browser:
+	@command -v certutil >/dev/null 2>&1 || { \
+		command -v apt-get >/dev/null 2>&1 || { echo "certutil is missing: install libnss3-tools (Debian/Ubuntu) or nss-tools (Fedora)"; exit 1; }; \
+		echo "installing libnss3-tools (certutil)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnss3-tools >/dev/null; \
+	}
 
 ## build: the filter .wasm (for Envoy) and the ory-proxy binary (which embeds it), optimised.
 build: setup filter
@@ -24,7 +34,7 @@ filter: setup
 
 ## test: unit tests (filter natively), host tests (test filters and our filter inside wasmtime),
 ## and end-to-end tests over real sockets.
-test: setup
+test: setup setup-browser
 	$(CARGO) test --locked --workspace --exclude test-filter-headers --exclude test-filter-bodies \
 		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import
 

@@ -4,6 +4,8 @@
 //! - [`proxy`] is the HTTP side: hyper server and client, routes and clusters in Envoy's terms.
 //! - [`plan`] turns what the user asked for into a deployment: filter configuration, clusters,
 //!   routes; [`cli`] reads the command line into it; [`local`] starts it.
+//! - [`tls`] keeps the local CA and makes the serving certificate; [`trust`] installs the CA
+//!   where browsers look for it.
 
 pub mod cli;
 pub mod host;
@@ -11,3 +13,5 @@ pub mod local;
 pub mod plan;
 pub mod proxy;
 pub mod state;
+pub mod tls;
+pub mod trust;
