@@ -7,7 +7,7 @@ use crate::token::jwks_document;
 pub const JWKS_PATHS: [&str; 2] = ["/.ory/jwks.json", "/.ory/proxy/jwks.json"];
 
 /// A response made by the filter.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
     pub status: u32,
     pub headers: Vec<(String, String)>,

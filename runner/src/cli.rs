@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::plan::{Deployment, Protection};
-use crate::state;
+use crate::{ory_url, state};
 
 const ABOUT: &str = "Put your app and Ory on one origin, and hand your app a signed JWT of every session.";
 
@@ -38,10 +38,13 @@ apps' JWKS caches survive restarts.
 Paths given with --protect-path-prefix/-glob/-regex require a session: browsers are sent to
 the login page, API clients get 401.
 
+Where Ory is comes from exactly one of: --sdk-url (ORY_SDK_URL), --project (ORY_PROJECT_SLUG), or
+ORY_ACCESS_TOKEN (the console is asked which project the token belongs to).
+
 Examples:
-  ory-proxy local http://localhost:3000 --sdk-url http://127.0.0.1:4433
-  ory-proxy local http://localhost:3000 --port 4000 --protect-path-prefix /members
-  ORY_SDK_URL=https://<slug>.projects.oryapis.com ory-proxy local http://localhost:3000";
+  ory-proxy local http://localhost:3000 --project happy-cat-123 --protect-path-prefix /members
+  ORY_SDK_URL=https://happy-cat-123.projects.oryapis.com ory-proxy local http://localhost:3000
+  ory-proxy local http://localhost:3000 --sdk-url http://127.0.0.1:4433 --port 4000";
 
 #[derive(Debug, Parser)]
 #[command(name = "ory-proxy", version = VERSION.as_str(), about = ABOUT)]
@@ -95,9 +98,21 @@ pub struct LocalArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
 
-    /// Your Ory (Network or self-hosted Kratos) public URL.
+    /// Your Ory (Network or self-hosted Kratos) public URL. ORY_KRATOS_URL is read too.
     #[arg(long, env = "ORY_SDK_URL")]
     pub sdk_url: Option<String>,
+
+    /// Your Ory Network project slug; the project URL is https://<slug>.projects.<api endpoint>.
+    #[arg(long, env = "ORY_PROJECT_SLUG")]
+    pub project: Option<String>,
+
+    /// The Ory API endpoint that project URLs are made from.
+    #[arg(long, env = "ORY_API_ENDPOINT", default_value = "https://oryapis.com")]
+    pub api_endpoint: String,
+
+    /// The Ory console API, asked for the project of ORY_ACCESS_TOKEN.
+    #[arg(long, env = "ORY_CONSOLE_URL", default_value = "https://api.console.ory.sh")]
+    pub console_url: String,
 
     /// Require a session for paths starting with this string (a plain string prefix: /members
     /// also covers /membership). Repeatable.
@@ -191,7 +206,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-fn parse_url(flag: &str, text: &str) -> anyhow::Result<Url> {
+pub fn parse_url(flag: &str, text: &str) -> anyhow::Result<Url> {
     let url =
         Url::parse(text).with_context(|| format!("{flag}: `{text}` is not a URL (e.g. http://localhost:3000)"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -214,8 +229,25 @@ fn listen_address(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
 }
 
 impl LocalArgs {
-    /// Checks every flag and reads the signing key.
-    pub fn deployment(&self) -> anyhow::Result<Deployment> {
+    /// Finds Ory from exactly one of `--sdk-url`/`ORY_SDK_URL`/`ORY_KRATOS_URL`,
+    /// `--project`/`ORY_PROJECT_SLUG` and `ORY_ACCESS_TOKEN`.
+    pub async fn ory_url(&self) -> anyhow::Result<Url> {
+        let sdk_url = self.sdk_url.clone().or_else(|| std::env::var("ORY_KRATOS_URL").ok());
+        let access_token = std::env::var("ORY_ACCESS_TOKEN").ok();
+        let source = ory_url::choose(sdk_url, self.project.clone(), access_token)?;
+        let api_endpoint = parse_url("--api-endpoint", &self.api_endpoint)?;
+        let console_url = parse_url("--console-url", &self.console_url)?;
+        ory_url::resolve(&source, &api_endpoint, &console_url).await
+    }
+
+    /// Checks every flag, finds Ory and reads the signing key.
+    pub async fn deployment(&self) -> anyhow::Result<Deployment> {
+        let ory_url = Some(self.ory_url().await?);
+        self.deployment_with(ory_url)
+    }
+
+    /// Checks every flag and reads the signing key, with Ory already found (or not used).
+    pub fn deployment_with(&self, ory_url: Option<Url>) -> anyhow::Result<Deployment> {
         let upstream = parse_url("UPSTREAM", &self.upstream)?;
         let listen = listen_address(&self.host, self.port)?;
         let public_host = if listen.ip().is_loopback() || listen.ip().is_unspecified() {
@@ -225,7 +257,6 @@ impl LocalArgs {
         };
         let scheme = if self.no_https { "http" } else { "https" };
         let public_url = parse_url("--host", &format!("{scheme}://{public_host}:{}", self.port))?;
-        let ory_url = self.sdk_url.as_deref().map(|url| parse_url("--sdk-url", url)).transpose()?;
         let default_redirect_url =
             self.default_redirect_url.as_deref().map(|url| parse_url("--default-redirect-url", url)).transpose()?;
         if self.jwt_ttl.is_zero() {
@@ -315,12 +346,12 @@ mod tests {
         let base = ["local", "http://localhost:3000", "--port", "4000", "--jwt-key", key_arg];
         let Command::Local(args) = parse(&base).unwrap().command else { unreachable!() };
         assert!(!args.no_https && !args.dont_install_cert && !args.no_open);
-        assert_eq!(args.deployment().unwrap().public_url.as_str(), "https://localhost:4000/");
+        assert_eq!(args.deployment_with(None).unwrap().public_url.as_str(), "https://localhost:4000/");
 
         let flags = [&base[..], &["--no-https", "--dont-install-cert", "--no-open"]].concat();
         let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
         assert!(args.no_https && args.dont_install_cert && args.no_open);
-        assert_eq!(args.deployment().unwrap().public_url.as_str(), "http://localhost:4000/");
+        assert_eq!(args.deployment_with(None).unwrap().public_url.as_str(), "http://localhost:4000/");
         std::fs::remove_file(&key).unwrap();
     }
 
@@ -343,7 +374,7 @@ mod tests {
     fn a_bad_upstream_is_a_clear_error() {
         let Command::Local(mut args) = parse(&["local", "localhost:3000"]).unwrap().command else { unreachable!() };
         args.jwt_key = Some("/nonexistent".into());
-        let error = args.deployment().unwrap_err().to_string();
+        let error = args.deployment_with(None).unwrap_err().to_string();
         assert!(error.starts_with("UPSTREAM"), "{error}");
     }
 }

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod host;
 pub mod local;
+pub mod ory_url;
 pub mod plan;
 pub mod proxy;
 pub mod state;

@@ -40,7 +40,7 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
-    let deployment = args.deployment()?;
+    let deployment = args.deployment().await?;
     let plan = plan::plan(&deployment)?;
     let wasm = match &args.filter {
         Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("--filter {}: {e}", path.display()))?,

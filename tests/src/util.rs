@@ -292,3 +292,22 @@ mod tests {
         assert!(p.check("http://127.0.0.1:4000/", &public).is_none());
     }
 }
+
+/// Resolves on Ctrl-C or SIGTERM: how the binaries here stop cleanly (`make demo` sends either).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

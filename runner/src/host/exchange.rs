@@ -59,6 +59,9 @@ pub struct Step {
     pub out: Vec<Out>,
     /// Effects that belong to someone else (HTTP calls, timers, other streams).
     pub others: Vec<Effect>,
+    /// When the exchange finishes: what the filter set under the `access_log.` properties, for
+    /// the host's access log (a filter's way to annotate a request's log line).
+    pub annotations: Vec<(String, String)>,
 }
 
 /// One request/response through one VM.
@@ -135,8 +138,11 @@ impl Exchange {
 
     /// Runs `on_log`, `on_done` and `on_delete`.
     pub fn finish(self, vm: &mut Vm) -> Result<Step, VmError> {
+        // Read the annotations before on_log: a filter may set them there, and they are gone
+        // with the stream afterwards. Those set in on_log itself are therefore not seen.
+        let annotations = vm.stream(self.context).map(|s| s.properties_under("access_log.")).unwrap_or_default();
         vm.finish_stream(self.context)?;
-        Ok(Step { others: vm.take_effects(), ..Step::default() })
+        Ok(Step { others: vm.take_effects(), annotations, ..Step::default() })
     }
 
     fn half(&mut self, direction: Direction) -> &mut Half {

@@ -201,6 +201,22 @@ pub struct StreamData {
     pub(crate) properties: HashMap<String, Vec<u8>>,
 }
 
+impl StreamData {
+    /// Properties the filter set whose names start with `prefix`, without it, sorted.
+    pub fn properties_under(&self, prefix: &str) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = self
+            .properties
+            .iter()
+            .filter_map(|(key, value)| {
+                let name = key.strip_prefix(prefix)?;
+                Some((name.to_string(), String::from_utf8_lossy(value).into_owned()))
+            })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
 /// Host-side state of one VM, reachable from every host function.
 pub(crate) struct VmState {
     pub spec: Arc<PluginSpec>,

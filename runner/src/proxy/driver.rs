@@ -109,6 +109,11 @@ struct Driver {
     upstream_body: Option<Incoming>,
     downstream_sink: Option<FrameSender>,
     finished: bool,
+    /// For the access log.
+    method: String,
+    path: String,
+    status: Option<u16>,
+    started: std::time::Instant,
 }
 
 /// Runs one request to completion. The response head is sent on `respond` as soon as it exists;
@@ -133,6 +138,8 @@ pub async fn drive(
         }
     };
     let headers = request_header_list(&request, connection.tls);
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
     let (_, body) = request.into_parts();
     let end = http_body::Body::is_end_stream(&body);
     let mut driver = Driver {
@@ -146,6 +153,10 @@ pub async fn drive(
         upstream_body: None,
         downstream_sink: None,
         finished: false,
+        method,
+        path,
+        status: None,
+        started: std::time::Instant::now(),
     };
     driver.step(move |exchange, vm| exchange.request_headers(vm, headers, end)).await;
     driver.run().await;
@@ -193,9 +204,25 @@ impl Driver {
                 },
             }
         }
-        if let Some(exchange) = self.exchange.take() {
-            self.shared.pool.close(&self.lease, exchange);
-        }
+        let annotations = match self.exchange.take() {
+            Some(exchange) => self.shared.pool.close(&self.lease, exchange),
+            None => Vec::new(),
+        };
+        self.log(&annotations);
+    }
+
+    /// One access-log line per request, at debug level: quiet on the hot path unless asked.
+    fn log(&self, annotations: &[(String, String)]) {
+        let notes: Vec<String> = annotations.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        tracing::debug!(
+            target: "access",
+            "{} {} {} {}ms {}",
+            self.method,
+            self.path,
+            self.status.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            self.started.elapsed().as_millis(),
+            notes.join(" ")
+        );
     }
 
     /// Runs one step of the exchange and carries out what it says.
@@ -334,6 +361,7 @@ impl Driver {
             self.downstream_sink = Some(sink);
             body
         };
+        self.status = Some(status.as_u16());
         let mut response = Response::new(body);
         *response.status_mut() = status;
         fill_header_map(response.headers_mut(), &headers);
@@ -346,6 +374,7 @@ impl Driver {
     fn fail(&mut self, status: StatusCode, message: &str) {
         match self.respond.take() {
             Some(respond) => {
+                self.status = Some(status.as_u16());
                 let _ = respond.send(plain_response(status, message));
             }
             None => self.abort_downstream(),

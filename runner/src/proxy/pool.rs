@@ -149,16 +149,21 @@ impl FilterPool {
         }
     }
 
-    /// Ends an exchange: `on_log`, `on_done`, `on_delete`, and no more signals.
-    pub fn close(self: &Arc<Self>, lease: &Lease, exchange: Exchange) {
-        let result = self.run(lease, |vm| exchange.finish(vm));
-        if let Err(error) = result {
-            tracing::debug!(%error, "finishing the exchange");
-        }
+    /// Ends an exchange: `on_log`, `on_done`, `on_delete`, and no more signals. Answers the
+    /// filter's annotations for the access log.
+    pub fn close(self: &Arc<Self>, lease: &Lease, exchange: Exchange) -> Vec<(String, String)> {
+        let annotations = match self.run(lease, |vm| exchange.finish(vm)) {
+            Ok(step) => step.annotations,
+            Err(error) => {
+                tracing::debug!(%error, "finishing the exchange");
+                Vec::new()
+            }
+        };
         let mut state = self.slots[lease.slot].lock();
         if state.generation == lease.generation {
             state.listeners.remove(&lease.context);
         }
+        annotations
     }
 
     /// A trapped VM is useless: start a fresh one in its place and tell every exchange it held.

@@ -13,25 +13,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let app = DemoApp::start(DemoAppCli::parse().into_config()).await?;
     eprintln!("demo app on {}", app.url());
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate() => {}
-    }
+    ory_proxy_tests::util::shutdown_signal().await;
     app.shutdown().await;
     Ok(())
-}
-
-#[cfg(unix)]
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending::<()>().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn terminate() {
-    std::future::pending::<()>().await
 }

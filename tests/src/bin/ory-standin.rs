@@ -19,25 +19,7 @@ async fn main() -> anyhow::Result<()> {
         standin.url(),
         standin.cookie_name()
     );
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate() => {}
-    }
+    ory_proxy_tests::util::shutdown_signal().await;
     standin.shutdown().await;
     Ok(())
-}
-
-#[cfg(unix)]
-async fn terminate() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut s) => {
-            s.recv().await;
-        }
-        Err(_) => std::future::pending::<()>().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn terminate() {
-    std::future::pending::<()>().await
 }

@@ -1,0 +1,934 @@
+//! What to do with one request and its response, decided from headers alone.
+//!
+//! `lib.rs` reads the header map once, hands it here, and carries out the plan: answer locally,
+//! or edit the headers and let the request go on (to Ory under `/.ory/`, to the app otherwise).
+//! The host routes on the `:path` the filter leaves, so the plan always writes the normalised
+//! path back. Each step is built from the pure modules beside this one.
+
+use url::Url;
+
+use crate::cache::{Positive, reusable_jwt};
+use crate::config::OryConfig;
+use crate::cors::{CorsPolicy, is_preflight, strip_upstream_cors};
+use crate::endpoints::LocalResponse;
+use crate::forwarded::{app_forwarding_headers, ory_request_headers, sanitize_request_headers};
+use crate::negotiate::{ClientKind, client_kind, unauthorized_json};
+use crate::origin::{LOGIN_BROWSER_PATH, Origin, login_redirect, proxy_origin};
+use crate::paths::{NormalizedPath, normalize};
+use crate::rewrite::{
+    self, BodyRewrite, STRICT_TRANSPORT_SECURITY, needs_body_rewrite, ory_route, rewrite_location_at,
+    rewrite_set_cookie,
+};
+use crate::session::Session;
+use crate::token::{SigningKey, random_jti, sign_jwt};
+
+/// A header list as proxy-wasm hands it over: lower-case names, in order, repeats allowed.
+pub type Headers = Vec<(String, String)>;
+
+/// Ory's paths that end a session: the browser flow's final step (`/self-service/logout?token=`),
+/// the API flow, and `/self-service/logout/browser` (which only makes a logout URL; forgetting
+/// the cached session there too costs one whoami call).
+const LOGOUT_PATH: &str = "/self-service/logout";
+
+/// The first value of a header (names compared without case).
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+}
+
+/// The plan for a request, made in the request-headers callback.
+#[derive(Debug)]
+pub enum RequestPlan {
+    /// Answer with this response; the request goes nowhere.
+    Reply(LocalResponse),
+    /// A CORS preflight answered by the proxy (its headers must not be stripped on the way out).
+    Preflight(LocalResponse),
+    /// Under `/.ory/`: the host's route sends it to Ory.
+    Ory(OryRequest),
+    /// Everything else: the app, after the session check.
+    App(AppRequest),
+}
+
+#[derive(Debug)]
+pub struct OryRequest {
+    /// The request headers to send on (pseudo-headers included).
+    pub headers: Headers,
+    pub origin: Origin,
+    /// The path Ory is asked for, below its base path (after [`ory_route`]), with the query.
+    pub routed: String,
+    /// The request ends a session: forget its cache entry.
+    pub logout: bool,
+}
+
+#[derive(Debug)]
+pub struct AppRequest {
+    /// The request headers to send on, without the JWT (added after the session check).
+    pub headers: Headers,
+    pub origin: Origin,
+    pub target: NormalizedPath,
+    pub protected: bool,
+    pub kind: ClientKind,
+}
+
+/// The CORS policy for a request: the configured origins plus the proxy origin the browser used.
+pub fn cors_policy(config: &OryConfig, origin: &Origin) -> CorsPolicy {
+    let mut policy = config.cors.clone();
+    // The origin is valid by construction (scheme and canonical host); nothing to report.
+    let _ = policy.allow_origin(&origin.to_string());
+    policy
+}
+
+/// Decides what to do with a request. `client_address` is the peer (`ip:port`), for
+/// `X-Forwarded-For`.
+pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_address: Option<&str>) -> RequestPlan {
+    let origin = proxy_origin(
+        header(headers, ":scheme"),
+        header(headers, ":authority"),
+        &config.public_origin,
+        &config.proxy_names,
+    );
+    let raw_path = header(headers, ":path").unwrap_or_default();
+    let target = match normalize(raw_path) {
+        Ok(target) => target,
+        Err(err) => return RequestPlan::Reply(bad_request(&err.to_string())),
+    };
+    let method = header(headers, ":method").unwrap_or_default();
+    let request_origin = header(headers, "origin");
+    if is_preflight(method, request_origin, header(headers, "access-control-request-method")) {
+        let policy = cors_policy(config, &origin);
+        let answer = policy.preflight(
+            request_origin.unwrap_or_default(),
+            header(headers, "access-control-request-method").unwrap_or_default(),
+            header(headers, "access-control-request-headers"),
+        );
+        return RequestPlan::Preflight(match answer {
+            Some(headers) => LocalResponse { status: 204, headers, body: Vec::new() },
+            None => LocalResponse { status: 403, headers: vec![("vary".into(), "Origin".into())], body: Vec::new() },
+        });
+    }
+
+    let mut out: Headers = headers.to_vec();
+    sanitize_request_headers(&mut out);
+    set_header(&mut out, ":path", &target.to_request_target());
+
+    if let Some(routed) = ory_route(&target.to_request_target()) {
+        for (name, value) in ory_request_headers(&origin.to_string(), config.project_api_key.as_deref()) {
+            set_header(&mut out, &name, &value);
+        }
+        let routed_path = routed.split('?').next().unwrap_or_default();
+        let logout = routed_path == LOGOUT_PATH || routed_path.starts_with(&format!("{LOGOUT_PATH}/"));
+        return RequestPlan::Ory(OryRequest { headers: out, origin, routed, logout });
+    }
+
+    let scheme = match origin.scheme() {
+        crate::origin::Scheme::Http => "http",
+        crate::origin::Scheme::Https => "https",
+    };
+    let host = match origin.port() {
+        Some(port) => format!("{}:{port}", origin.host()),
+        None => origin.host().to_string(),
+    };
+    for (name, value) in app_forwarding_headers(client_address.unwrap_or_default(), scheme, &host) {
+        set_header(&mut out, &name, &value);
+    }
+    let protected = config.rules.protects(&target);
+    let kind = client_kind(header(headers, "accept"), header(headers, "x-requested-with"));
+    RequestPlan::App(AppRequest { headers: out, origin, target, protected, kind })
+}
+
+/// Replaces every value of `name` with one (appended when absent).
+pub fn set_header(headers: &mut Headers, name: &str, value: &str) {
+    match headers.iter().position(|(key, _)| key.eq_ignore_ascii_case(name)) {
+        Some(first) => {
+            headers[first].1 = value.to_string();
+            let mut index = 0;
+            headers.retain(|(key, _)| {
+                index += 1;
+                index - 1 == first || !key.eq_ignore_ascii_case(name)
+            });
+        }
+        None => headers.push((name.to_string(), value.to_string())),
+    }
+}
+
+fn remove_header(headers: &mut Headers, name: &str) {
+    headers.retain(|(key, _)| !key.eq_ignore_ascii_case(name));
+}
+
+/// One change to a host header map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    Remove(String),
+    /// Replace every value with this one.
+    Set(String, String),
+    Add(String, String),
+}
+
+/// The fewest host calls that turn `before` into `after`, name by name: untouched headers are not
+/// rewritten (so values the filter could not read as text survive unchanged).
+pub fn header_edits(before: &[(String, String)], after: &[(String, String)]) -> Vec<HeaderEdit> {
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in after.iter().chain(before) {
+        let name = name.to_ascii_lowercase();
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
+        list.iter().filter(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.clone()).collect()
+    };
+    let mut edits = Vec::new();
+    for name in names {
+        let (old, new) = (values(before, &name), values(after, &name));
+        if old == new {
+            continue;
+        }
+        match new.as_slice() {
+            [] => edits.push(HeaderEdit::Remove(name)),
+            [one] => edits.push(HeaderEdit::Set(name, one.clone())),
+            many => {
+                edits.push(HeaderEdit::Remove(name.clone()));
+                edits.extend(many.iter().map(|value| HeaderEdit::Add(name.clone(), value.clone())));
+            }
+        }
+    }
+    edits
+}
+
+/// What the session check found, as the request's outcome is decided on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionResult {
+    /// An active session; `jwt` is the token for the app (None when JWTs are off).
+    Active {
+        jwt: Option<String>,
+    },
+    NoSession,
+    Aal2Required {
+        redirect_browser_to: Option<String>,
+    },
+    /// Ory could not be asked or answered nonsense.
+    Unavailable(String),
+    /// The filter itself failed (e.g. the JWT could not be signed).
+    Failed(String),
+}
+
+/// The cache entry for an active session Ory just confirmed: the previous JWT when it was signed
+/// for this very session and is still young, otherwise a fresh one (`iat = now`). With JWTs off,
+/// the entry carries no token and only records the session.
+pub fn active_entry(
+    config: &OryConfig,
+    key: &SigningKey,
+    session: &Session,
+    previous: Option<&Positive>,
+    now_ms: u64,
+) -> Result<Positive, String> {
+    let now = now_ms / 1000;
+    if !config.jwt.enabled {
+        return Ok(Positive {
+            session_json: session.json.clone(),
+            identity_id: session.identity_id.clone(),
+            jwt: String::new(),
+            jwt_iat: now,
+            jwt_exp: now.saturating_add(config.jwt.ttl_seconds),
+        });
+    }
+    if let Some(jwt) = reusable_jwt(&config.cache, previous, session, now_ms)
+        && let Some(previous) = previous
+    {
+        return Ok(Positive { jwt: jwt.to_string(), ..previous.clone() });
+    }
+    let jti = random_jti()?;
+    let jwt =
+        sign_jwt(key, &session.json, &config.issuer, config.jwt.audience.as_deref(), now, config.jwt.ttl_seconds, &jti)
+            .map_err(|err| format!("could not sign the JWT: {err}"))?;
+    Ok(Positive {
+        session_json: session.json.clone(),
+        identity_id: session.identity_id.clone(),
+        jwt,
+        jwt_iat: now,
+        jwt_exp: now.saturating_add(config.jwt.ttl_seconds),
+    })
+}
+
+/// The result for a request whose session is `entry`.
+pub fn active_result(config: &OryConfig, entry: &Positive) -> SessionResult {
+    SessionResult::Active { jwt: config.jwt.enabled.then(|| entry.jwt.clone()) }
+}
+
+/// What to do with an app request once its session is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionAction {
+    /// Send it to the app; with `Some`, `Authorization` is replaced by this value.
+    Continue {
+        authorization: Option<String>,
+    },
+    Reply(LocalResponse),
+}
+
+/// Decides an app request's fate from its session. Unprotected paths always go on (without a JWT
+/// unless the session is active); protected ones need an active session.
+pub fn session_action(config: &OryConfig, request: &AppRequest, result: &SessionResult) -> SessionAction {
+    if let SessionResult::Active { jwt } = result {
+        return SessionAction::Continue { authorization: jwt.as_ref().map(|jwt| format!("Bearer {jwt}")) };
+    }
+    if !request.protected {
+        return SessionAction::Continue { authorization: None };
+    }
+    let browser = request.kind == ClientKind::Browser;
+    SessionAction::Reply(match result {
+        SessionResult::Active { .. } => unreachable_active(),
+        SessionResult::NoSession if browser => redirect(login_redirect(&request.origin, &request.target)),
+        SessionResult::NoSession => json_reply(401, unauthorized_json()),
+        SessionResult::Aal2Required { redirect_browser_to } => {
+            let location = aal2_location(config, request, redirect_browser_to.as_deref());
+            if browser { redirect(location) } else { json_reply(403, aal2_json(&location)) }
+        }
+        SessionResult::Unavailable(_) if browser => html_reply(
+            502,
+            "Identity service unavailable",
+            "The identity service could not be asked whether you are signed in. Please try again in a moment.",
+        ),
+        SessionResult::Unavailable(_) => json_reply(
+            502,
+            error_json(
+                502,
+                "Bad Gateway",
+                "The identity service could not be asked whether the request has a session.",
+                "The identity service could not be asked",
+            ),
+        ),
+        SessionResult::Failed(_) if browser => {
+            html_reply(500, "Proxy error", "The proxy could not check your session. Please try again.")
+        }
+        SessionResult::Failed(_) => json_reply(
+            500,
+            error_json(
+                500,
+                "Internal Server Error",
+                "The proxy failed while checking the session.",
+                "The proxy failed",
+            ),
+        ),
+    })
+}
+
+/// `Active` returns early above; kept total without a panic.
+fn unreachable_active() -> LocalResponse {
+    json_reply(500, error_json(500, "Internal Server Error", "unexpected session state", "The proxy failed"))
+}
+
+/// Where a browser that needs a second factor goes: Ory's `redirect_browser_to` moved onto the
+/// proxy's origin, or the login flow with `aal=aal2`; always with `return_to` set to the request.
+fn aal2_location(config: &OryConfig, request: &AppRequest, redirect_browser_to: Option<&str>) -> String {
+    let origin = request.origin.to_string();
+    let fallback = format!("{origin}{LOGIN_BROWSER_PATH}?aal=aal2");
+    let default_redirect = default_redirect(config, &request.origin);
+    let moved = redirect_browser_to
+        .and_then(|to| rewrite::rewrite_location(to, &config.target, &origin, &default_redirect))
+        .filter(|to| to.starts_with(&format!("{origin}/.ory/")));
+    let base = moved.unwrap_or(fallback);
+    let return_to = format!("{origin}{}", request.target.to_request_target());
+    with_return_to(&base, &return_to)
+}
+
+/// `url` with its `return_to` query parameter set to `return_to` (percent-encoded).
+pub fn with_return_to(url: &str, return_to: &str) -> String {
+    let Ok(mut parsed) = Url::parse(url) else {
+        return url.to_string();
+    };
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(name, _)| name != "return_to")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed.set_query(None);
+    {
+        let mut pairs = parsed.query_pairs_mut();
+        for (name, value) in &kept {
+            pairs.append_pair(name, value);
+        }
+        pairs.append_pair("return_to", return_to);
+    }
+    parsed.to_string()
+}
+
+/// Where Ory's welcome page sends the browser: the configured URL, or the proxy's own origin.
+pub fn default_redirect(config: &OryConfig, origin: &Origin) -> String {
+    config.default_redirect_url.clone().unwrap_or_else(|| format!("{origin}/"))
+}
+
+fn redirect(location: String) -> LocalResponse {
+    LocalResponse {
+        status: 303,
+        headers: vec![("location".into(), location), ("cache-control".into(), "private, no-store".into())],
+        body: Vec::new(),
+    }
+}
+
+fn json_reply(status: u32, body: Vec<u8>) -> LocalResponse {
+    LocalResponse {
+        status,
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("cache-control".into(), "private, no-store".into()),
+        ],
+        body,
+    }
+}
+
+fn html_reply(status: u32, title: &str, message: &str) -> LocalResponse {
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1><p>{message}</p></body></html>\n"
+    );
+    LocalResponse {
+        status,
+        headers: vec![
+            ("content-type".into(), "text/html; charset=utf-8".into()),
+            ("cache-control".into(), "private, no-store".into()),
+        ],
+        body: body.into_bytes(),
+    }
+}
+
+/// Ory's error shape (`errorGeneric`).
+fn error_json(code: u32, status: &str, reason: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({ "error": { "code": code, "status": status, "reason": reason, "message": message } })
+        .to_string()
+        .into_bytes()
+}
+
+fn aal2_json(location: &str) -> Vec<u8> {
+    serde_json::json!({
+        "error": {
+            "id": "session_aal2_required",
+            "code": 403,
+            "status": "Forbidden",
+            "reason": "This path requires a second authentication factor.",
+            "message": "The request is not authorized",
+            "details": { "redirect_browser_to": location },
+        },
+        "redirect_browser_to": location,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// `400` for a request target the proxy refuses to decide on.
+pub fn bad_request(reason: &str) -> LocalResponse {
+    json_reply(400, error_json(400, "Bad Request", reason, "The request path was refused"))
+}
+
+/// `500` for a failure inside the filter.
+pub fn internal_error(reason: &str) -> LocalResponse {
+    json_reply(500, error_json(500, "Internal Server Error", reason, "The proxy failed"))
+}
+
+/// What the response-headers callback needs to know about its request.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseContext<'a> {
+    pub origin: &'a Origin,
+    /// The request's `Origin` header.
+    pub request_origin: Option<&'a str>,
+    pub method: &'a str,
+    /// The proxy answered a preflight: its CORS headers stay.
+    pub preflight: bool,
+    /// The filter made this response itself (no Ory rewriting then).
+    pub local: bool,
+    /// For requests that went to Ory: the path after [`ory_route`].
+    pub ory_routed: Option<&'a str>,
+    /// `Set-Cookie` values from the whoami answer (a session refresh) for the browser.
+    pub refresh_cookies: &'a [String],
+}
+
+/// The edited response headers, and whether the body must be buffered and rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponsePlan {
+    pub headers: Headers,
+    pub rewrite_body: bool,
+}
+
+/// Response headers for the browser: CORS by the proxy's policy, HSTS undone, and for Ory's
+/// answers `Location` and `Set-Cookie` moved onto the proxy's origin.
+pub fn plan_response(config: &OryConfig, ctx: &ResponseContext<'_>, headers: &[(String, String)]) -> ResponsePlan {
+    let mut out: Headers = headers.to_vec();
+    if !ctx.preflight {
+        strip_upstream_cors(&mut out);
+        let policy = cors_policy(config, ctx.origin);
+        out.extend(policy.response_headers(ctx.request_origin));
+    }
+    set_header(&mut out, STRICT_TRANSPORT_SECURITY.0, STRICT_TRANSPORT_SECURITY.1);
+    let browser_https = ctx.origin.scheme() == crate::origin::Scheme::Https;
+    let origin = ctx.origin.to_string();
+    let mut rewrite_body = false;
+    if let (Some(routed), false) = (ctx.ory_routed, ctx.local) {
+        if let Some(location) = header(&out, "location").map(str::to_string) {
+            let default_redirect = default_redirect(config, ctx.origin);
+            if let Some(moved) = rewrite_location_at(&location, routed, &config.target, &origin, &default_redirect) {
+                set_header(&mut out, "location", &moved);
+            }
+        }
+        for (name, value) in out.iter_mut() {
+            if name.eq_ignore_ascii_case("set-cookie") {
+                *value = rewrite_set_cookie(value, config.cookie_domain.as_deref(), browser_https);
+            }
+        }
+        let status = header(&out, ":status").unwrap_or_default();
+        let bodiless = ctx.method.eq_ignore_ascii_case("HEAD") || matches!(status, "204" | "304" | "206");
+        if !bodiless && needs_body_rewrite(header(&out, "content-type"), header(&out, "content-encoding")) {
+            rewrite_body = true;
+            remove_header(&mut out, "content-length");
+        }
+    }
+    for cookie in ctx.refresh_cookies {
+        out.push(("set-cookie".into(), rewrite_set_cookie(cookie, config.cookie_domain.as_deref(), browser_https)));
+    }
+    ResponsePlan { headers: out, rewrite_body }
+}
+
+/// An Ory body with Ory's URL replaced by `<proxy origin>/.ory`; None to leave it as it is.
+pub fn rewrite_ory_body(
+    config: &OryConfig,
+    origin: &Origin,
+    body: &[u8],
+    content_type: Option<&str>,
+    content_encoding: Option<&str>,
+) -> Option<Vec<u8>> {
+    let replacement = format!("{origin}{}", rewrite::ORY_PREFIX);
+    match rewrite::rewrite_body(body, content_type, content_encoding, &config.target.base_url(), &replacement) {
+        BodyRewrite::Replaced(bytes) => Some(bytes),
+        BodyRewrite::Unchanged(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::token::tests::TEST_KEY_PEM;
+    use serde_json::json;
+
+    fn config_with(extra: serde_json::Value) -> OryConfig {
+        let mut doc = json!({
+            "signing_key": TEST_KEY_PEM,
+            "ory": { "url": "http://127.0.0.1:4433", "project_api_key": "secret-key" },
+            "public_url": "http://localhost:4000",
+            "protect": { "prefixes": ["/members"] },
+        });
+        if let (Some(doc), Some(extra)) = (doc.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                doc.insert(k.clone(), v.clone());
+            }
+        }
+        match Config::from_json(&serde_json::to_vec(&doc).unwrap()) {
+            Ok(Config { ory: Some(ory), .. }) => ory,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn config() -> OryConfig {
+        config_with(json!({}))
+    }
+
+    fn h(pairs: &[(&str, &str)]) -> Headers {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn get(pairs: &[(String, String)], name: &str) -> Option<String> {
+        header(pairs, name).map(str::to_string)
+    }
+
+    fn request(path: &str, extra: &[(&str, &str)]) -> Headers {
+        let mut headers =
+            h(&[(":method", "GET"), (":path", path), (":authority", "localhost:4000"), (":scheme", "http")]);
+        headers.extend(h(extra));
+        headers
+    }
+
+    fn app(plan: RequestPlan) -> AppRequest {
+        match plan {
+            RequestPlan::App(app) => app,
+            other => panic!("not an app request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn app_requests_are_normalised_sanitised_and_forwarded() {
+        let plan = plan_request(
+            &config(),
+            &request(
+                "/public/../members/%61?x=1",
+                &[
+                    ("x-forwarded-host", "evil.com"),
+                    ("ory-base-url-rewrite", "http://evil"),
+                    ("accept", "application/json"),
+                ],
+            ),
+            Some("10.1.2.3:5555"),
+        );
+        let app = app(plan);
+        assert_eq!(get(&app.headers, ":path").as_deref(), Some("/members/a?x=1"));
+        assert_eq!(get(&app.headers, "x-forwarded-host").as_deref(), Some("localhost:4000"));
+        assert_eq!(get(&app.headers, "x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(get(&app.headers, "x-forwarded-for").as_deref(), Some("10.1.2.3"));
+        assert!(app.headers.iter().all(|(k, _)| !k.starts_with("ory-")));
+        assert!(app.protected);
+        assert_eq!(app.kind, ClientKind::Api);
+    }
+
+    #[test]
+    fn spoofed_host_gives_the_public_origin() {
+        let app = app(plan_request(
+            &config(),
+            &request("/", &[])
+                .into_iter()
+                .map(|(k, v)| if k == ":authority" { (k, "evil.com".to_string()) } else { (k, v) })
+                .collect::<Vec<_>>(),
+            None,
+        ));
+        assert_eq!(app.origin.to_string(), "http://localhost:4000");
+        assert_eq!(get(&app.headers, "x-forwarded-host").as_deref(), Some("localhost:4000"));
+    }
+
+    #[test]
+    fn refused_paths_get_400_json() {
+        for path in ["/members%2Fx", "/a%00", "/public/..;/members", "*"] {
+            match plan_request(&config(), &request(path, &[]), None) {
+                RequestPlan::Reply(reply) => {
+                    assert_eq!(reply.status, 400, "{path}");
+                    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+                    assert_eq!(body["error"]["code"], 400);
+                }
+                other => panic!("{path}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn ory_requests_get_the_rewrite_headers_and_keep_the_prefix() {
+        let plan = plan_request(
+            &config(),
+            &request("/.ory//self-service/login/browser?a=b", &[("ory-no-custom-domain-redirect", "false")]),
+            None,
+        );
+        let RequestPlan::Ory(ory) = plan else { panic!("{plan:?}") };
+        assert_eq!(get(&ory.headers, ":path").as_deref(), Some("/.ory/self-service/login/browser?a=b"));
+        assert_eq!(ory.routed, "/self-service/login/browser?a=b");
+        assert_eq!(get(&ory.headers, "ory-no-custom-domain-redirect").as_deref(), Some("true"));
+        assert_eq!(get(&ory.headers, "ory-base-url-rewrite").as_deref(), Some("http://localhost:4000/.ory"));
+        assert_eq!(get(&ory.headers, "ory-base-url-rewrite-token").as_deref(), Some("secret-key"));
+        assert!(!ory.logout);
+        assert!(get(&ory.headers, "x-forwarded-for").is_none());
+    }
+
+    #[test]
+    fn logout_paths_are_recognised() {
+        for (path, logout) in [
+            ("/.ory/self-service/logout?token=x", true),
+            ("/.ory/self-service/logout/browser", true),
+            ("/.ory/self-service/logout/api", true),
+            ("/.ory/self-service/logoutx", false),
+            ("/.ory/self-service/login", false),
+        ] {
+            let RequestPlan::Ory(ory) = plan_request(&config(), &request(path, &[]), None) else { panic!("{path}") };
+            assert_eq!(ory.logout, logout, "{path}");
+        }
+    }
+
+    #[test]
+    fn ory_prefix_needs_a_segment_boundary() {
+        assert!(matches!(plan_request(&config(), &request("/.oryx/a", &[]), None), RequestPlan::App(_)));
+    }
+
+    #[test]
+    fn preflights_are_answered() {
+        let config = config_with(json!({ "cors": { "allowed_origins": ["http://app.test:3000"] } }));
+        let ok = plan_request(
+            &config,
+            &h(&[
+                (":method", "OPTIONS"),
+                (":path", "/api"),
+                (":authority", "localhost:4000"),
+                (":scheme", "http"),
+                ("origin", "http://app.test:3000"),
+                ("access-control-request-method", "POST"),
+            ]),
+            None,
+        );
+        let RequestPlan::Preflight(reply) = ok else { panic!("{ok:?}") };
+        assert_eq!(reply.status, 204);
+        assert_eq!(get(&reply.headers, "access-control-allow-origin").as_deref(), Some("http://app.test:3000"));
+        let refused = plan_request(
+            &config,
+            &h(&[
+                (":method", "OPTIONS"),
+                (":path", "/api"),
+                (":authority", "localhost:4000"),
+                (":scheme", "http"),
+                ("origin", "http://evil.test"),
+                ("access-control-request-method", "POST"),
+            ]),
+            None,
+        );
+        let RequestPlan::Preflight(reply) = refused else { panic!("{refused:?}") };
+        assert_eq!(reply.status, 403);
+        assert!(get(&reply.headers, "access-control-allow-origin").is_none());
+    }
+
+    #[test]
+    fn header_edits_touch_only_what_changed() {
+        let before = h(&[(":path", "/a"), ("x-forwarded-for", "1"), ("keep", "1"), ("multi", "a")]);
+        let after = h(&[(":path", "/b"), ("keep", "1"), ("multi", "a"), ("multi", "b"), ("new", "n")]);
+        assert_eq!(
+            header_edits(&before, &after),
+            vec![
+                HeaderEdit::Set(":path".into(), "/b".into()),
+                HeaderEdit::Remove("multi".into()),
+                HeaderEdit::Add("multi".into(), "a".into()),
+                HeaderEdit::Add("multi".into(), "b".into()),
+                HeaderEdit::Set("new".into(), "n".into()),
+                HeaderEdit::Remove("x-forwarded-for".into()),
+            ]
+        );
+        assert!(header_edits(&before, &before).is_empty());
+    }
+
+    fn app_request(path: &str, kind: ClientKind, protected: bool) -> AppRequest {
+        AppRequest {
+            headers: Vec::new(),
+            origin: Origin::from_public_url("http://127.0.0.1:4000").unwrap(),
+            target: normalize(path).unwrap(),
+            protected,
+            kind,
+        }
+    }
+
+    fn reply(action: SessionAction) -> LocalResponse {
+        match action {
+            SessionAction::Reply(reply) => reply,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn active_sessions_carry_the_jwt() {
+        for protected in [true, false] {
+            let action = session_action(
+                &config(),
+                &app_request("/members", ClientKind::Browser, protected),
+                &SessionResult::Active { jwt: Some("j.w.t".into()) },
+            );
+            assert_eq!(action, SessionAction::Continue { authorization: Some("Bearer j.w.t".into()) });
+        }
+        let no_jwt = session_action(
+            &config(),
+            &app_request("/members", ClientKind::Browser, true),
+            &SessionResult::Active { jwt: None },
+        );
+        assert_eq!(no_jwt, SessionAction::Continue { authorization: None });
+    }
+
+    #[test]
+    fn unprotected_paths_fail_open() {
+        for result in [
+            SessionResult::NoSession,
+            SessionResult::Aal2Required { redirect_browser_to: None },
+            SessionResult::Unavailable("down".into()),
+            SessionResult::Failed("oops".into()),
+        ] {
+            let action = session_action(&config(), &app_request("/", ClientKind::Browser, false), &result);
+            assert_eq!(action, SessionAction::Continue { authorization: None }, "{result:?}");
+        }
+    }
+
+    #[test]
+    fn protected_paths_without_a_session() {
+        let browser = reply(session_action(
+            &config(),
+            &app_request("/members?x=1&y=2", ClientKind::Browser, true),
+            &SessionResult::NoSession,
+        ));
+        assert_eq!(browser.status, 303);
+        assert_eq!(
+            get(&browser.headers, "location").as_deref(),
+            Some(
+                "http://127.0.0.1:4000/.ory/self-service/login/browser?return_to=\
+                 http%3A%2F%2F127.0.0.1%3A4000%2Fmembers%3Fx%3D1%26y%3D2"
+            )
+        );
+        let api = reply(session_action(
+            &config(),
+            &app_request("/members", ClientKind::Api, true),
+            &SessionResult::NoSession,
+        ));
+        assert_eq!(api.status, 401);
+        assert_eq!(get(&api.headers, "content-type").as_deref(), Some("application/json"));
+    }
+
+    #[test]
+    fn second_factor_goes_through_the_proxy() {
+        let result = SessionResult::Aal2Required {
+            redirect_browser_to: Some("http://127.0.0.1:4433/self-service/login/browser?aal=aal2".into()),
+        };
+        let browser =
+            reply(session_action(&config(), &app_request("/members?a=b", ClientKind::Browser, true), &result));
+        assert_eq!(browser.status, 303);
+        let location = get(&browser.headers, "location").unwrap();
+        let url = Url::parse(&location).unwrap();
+        assert_eq!(url.origin().ascii_serialization(), "http://127.0.0.1:4000");
+        assert_eq!(url.path(), "/.ory/self-service/login/browser");
+        let pairs: Vec<(String, String)> = url.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+        assert_eq!(
+            pairs,
+            [("aal".into(), "aal2".into()), ("return_to".into(), "http://127.0.0.1:4000/members?a=b".into())]
+        );
+        let api = reply(session_action(&config(), &app_request("/members", ClientKind::Api, true), &result));
+        assert_eq!(api.status, 403);
+        let body: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
+        assert_eq!(body["error"]["id"], "session_aal2_required");
+        assert!(body["redirect_browser_to"].as_str().unwrap().starts_with("http://127.0.0.1:4000/.ory/"));
+
+        // Off-site or missing: the proxy's own aal2 login.
+        for to in [Some("https://evil.test/x".to_string()), None] {
+            let result = SessionResult::Aal2Required { redirect_browser_to: to };
+            let browser =
+                reply(session_action(&config(), &app_request("/members", ClientKind::Browser, true), &result));
+            let location = get(&browser.headers, "location").unwrap();
+            assert!(
+                location.starts_with("http://127.0.0.1:4000/.ory/self-service/login/browser?aal=aal2&return_to="),
+                "{location}"
+            );
+        }
+    }
+
+    #[test]
+    fn ory_failures_fail_closed_on_protected_paths() {
+        let result = SessionResult::Unavailable("Ory answered 500".into());
+        let browser = reply(session_action(&config(), &app_request("/members", ClientKind::Browser, true), &result));
+        assert_eq!(browser.status, 502);
+        assert!(String::from_utf8_lossy(&browser.body).contains("identity service could not be asked"));
+        let api = reply(session_action(&config(), &app_request("/members", ClientKind::Api, true), &result));
+        assert_eq!(api.status, 502);
+        assert_eq!(get(&api.headers, "content-type").as_deref(), Some("application/json"));
+        let failed = reply(session_action(
+            &config(),
+            &app_request("/members", ClientKind::Api, true),
+            &SessionResult::Failed("sign".into()),
+        ));
+        assert_eq!(failed.status, 500);
+    }
+
+    #[test]
+    fn return_to_replaces_an_existing_one() {
+        assert_eq!(
+            with_return_to("http://a.test/x?return_to=evil&k=v", "http://a.test/b?c=d"),
+            "http://a.test/x?k=v&return_to=http%3A%2F%2Fa.test%2Fb%3Fc%3Dd"
+        );
+    }
+
+    fn ctx<'a>(origin: &'a Origin, routed: Option<&'a str>, cookies: &'a [String]) -> ResponseContext<'a> {
+        ResponseContext {
+            origin,
+            request_origin: None,
+            method: "GET",
+            preflight: false,
+            local: false,
+            ory_routed: routed,
+            refresh_cookies: cookies,
+        }
+    }
+
+    #[test]
+    fn ory_responses_are_moved_onto_the_proxy() {
+        let origin = Origin::from_public_url("http://localhost:4000").unwrap();
+        let headers = h(&[
+            (":status", "303"),
+            ("location", "http://127.0.0.1:4433/ui/login?flow=1"),
+            ("set-cookie", "csrf=1; Domain=127.0.0.1; Path=/; Secure; SameSite=None; HttpOnly"),
+            ("set-cookie", "ory_kratos_session=2; Path=/; Max-Age=60"),
+            ("content-type", "application/json"),
+            ("content-length", "10"),
+            ("access-control-allow-origin", "*"),
+        ]);
+        let plan = plan_response(&config(), &ctx(&origin, Some("/self-service/login/browser"), &[]), &headers);
+        assert_eq!(get(&plan.headers, "location").as_deref(), Some("http://localhost:4000/.ory/ui/login?flow=1"));
+        let cookies: Vec<&str> =
+            plan.headers.iter().filter(|(k, _)| k == "set-cookie").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(cookies.len(), 2);
+        assert!(
+            !cookies[0].contains("Domain") && !cookies[0].contains("Secure") && cookies[0].contains("SameSite=Lax")
+        );
+        assert!(cookies[1].contains("Max-Age=60"));
+        assert!(plan.rewrite_body);
+        assert!(get(&plan.headers, "content-length").is_none());
+        assert!(get(&plan.headers, "access-control-allow-origin").is_none());
+        assert_eq!(get(&plan.headers, "strict-transport-security").as_deref(), Some("max-age=0"));
+    }
+
+    #[test]
+    fn welcome_goes_to_the_default_redirect() {
+        let origin = Origin::from_public_url("http://127.0.0.1:4000").unwrap();
+        let headers = h(&[(":status", "303"), ("location", "http://127.0.0.1:4433/ui/welcome")]);
+        let plan = plan_response(&config(), &ctx(&origin, Some("/self-service/login"), &[]), &headers);
+        assert_eq!(get(&plan.headers, "location").as_deref(), Some("http://127.0.0.1:4000/"));
+        let configured = config_with(json!({ "default_redirect_url": "http://localhost:4000/home" }));
+        let plan = plan_response(&configured, &ctx(&origin, Some("/self-service/login"), &[]), &headers);
+        assert_eq!(get(&plan.headers, "location").as_deref(), Some("http://localhost:4000/home"));
+    }
+
+    #[test]
+    fn app_responses_are_left_alone_but_for_cors_hsts_and_refreshed_cookies() {
+        let origin = Origin::from_public_url("http://localhost:4000").unwrap();
+        let headers = h(&[
+            (":status", "200"),
+            ("location", "http://127.0.0.1:4433/x"),
+            ("content-type", "text/html"),
+            ("content-length", "5"),
+        ]);
+        let cookies = vec!["ory_kratos_session=new; Path=/; Secure; HttpOnly".to_string()];
+        let mut context = ctx(&origin, None, &cookies);
+        context.request_origin = Some("http://localhost:4000");
+        let plan = plan_response(&config(), &context, &headers);
+        assert_eq!(get(&plan.headers, "location").as_deref(), Some("http://127.0.0.1:4433/x"));
+        assert_eq!(get(&plan.headers, "content-length").as_deref(), Some("5"));
+        assert!(!plan.rewrite_body);
+        assert_eq!(get(&plan.headers, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
+        assert_eq!(get(&plan.headers, "access-control-allow-credentials").as_deref(), Some("true"));
+        let cookie = get(&plan.headers, "set-cookie").unwrap();
+        assert!(cookie.starts_with("ory_kratos_session=new") && !cookie.contains("Secure"), "{cookie}");
+    }
+
+    #[test]
+    fn bodies_that_cannot_be_rewritten_whole_stream() {
+        let origin = Origin::from_public_url("http://localhost:4000").unwrap();
+        for (method, status) in [("HEAD", "200"), ("GET", "204"), ("GET", "304"), ("GET", "206")] {
+            let headers = h(&[(":status", status), ("content-type", "text/html"), ("content-length", "5")]);
+            let mut context = ctx(&origin, Some("/ui/login"), &[]);
+            context.method = method;
+            let plan = plan_response(&config(), &context, &headers);
+            assert!(!plan.rewrite_body, "{method} {status}");
+            assert_eq!(get(&plan.headers, "content-length").as_deref(), Some("5"));
+        }
+        let headers = h(&[(":status", "200"), ("content-type", "image/png")]);
+        assert!(!plan_response(&config(), &ctx(&origin, Some("/x"), &[]), &headers).rewrite_body);
+    }
+
+    #[test]
+    fn preflight_replies_keep_their_cors_headers() {
+        let origin = Origin::from_public_url("http://localhost:4000").unwrap();
+        let headers = h(&[(":status", "204"), ("access-control-allow-origin", "http://localhost:4000")]);
+        let mut context = ctx(&origin, None, &[]);
+        context.preflight = true;
+        context.local = true;
+        let plan = plan_response(&config(), &context, &headers);
+        assert_eq!(get(&plan.headers, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
+    }
+
+    #[test]
+    fn ory_bodies_are_rewritten() {
+        let origin = Origin::from_public_url("http://localhost:4000").unwrap();
+        let body = br#"{"ui":{"action":"http://127.0.0.1:4433/self-service/login?flow=1"}}"#;
+        let out = rewrite_ory_body(&config(), &origin, body, Some("application/json"), None).unwrap();
+        assert_eq!(out, br#"{"ui":{"action":"http://localhost:4000/.ory/self-service/login?flow=1"}}"#);
+        assert_eq!(rewrite_ory_body(&config(), &origin, b"{}", Some("application/json"), None), None);
+    }
+}
