@@ -21,10 +21,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// An app that says which scheme the proxy told it the browser used.
+/// An app that says which scheme the proxy told it the browser used; it doubles as an Ory that
+/// knows no sessions.
 async fn upstream() -> ServerHandle {
     let listener = bind_loopback(0).await.unwrap();
     spawn_server(listener, |request, _| async move {
+        if request.uri().path() == "/sessions/whoami" {
+            return Ok(response(StatusCode::UNAUTHORIZED, "application/json", r#"{"error":{"code":401}}"#));
+        }
         let proto = request.headers().get("x-forwarded-proto").and_then(|v| v.to_str().ok()).unwrap_or("-");
         Ok(response(StatusCode::OK, "text/plain", format!("{} {proto}", request.uri().path())))
     })
@@ -45,10 +49,12 @@ async fn setup(name: &str, https: bool) -> Setup {
     let upstream = upstream().await;
     let url = url::Url::parse(&format!("http://{}", upstream.local_addr())).unwrap();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
-    let mut deployment = Deployment::new(url, "127.0.0.1:0".parse().unwrap(), key);
-    if https {
-        deployment.public_url = url::Url::parse("https://localhost:0").unwrap();
-    }
+    // The filter wants a real port in the public URL: take a free one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut deployment = Deployment::new(url.clone(), SocketAddr::from(([127, 0, 0, 1], port)), key);
+    deployment.ory_url = Some(url);
+    let scheme = if https { "https" } else { "http" };
+    deployment.public_url = url::Url::parse(&format!("{scheme}://localhost:{port}")).unwrap();
     let plan = plan::plan(&deployment).unwrap();
     let tls = https.then(|| ca.server_config(&plan::proxy_names(&plan.listen, &plan.public_url)).unwrap());
     let proxy = local::start_with_tls(&plan, local::EMBEDDED_FILTER, tls).await.unwrap().spawn().unwrap();
