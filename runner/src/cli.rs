@@ -66,6 +66,8 @@ static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("{} (filter {}, proxy-wasm ABI v0.2.1)", env!("CARGO_PKG_VERSION"), ory_proxy_filter::VERSION)
 });
 
+// Parsed once per run: the size of the `local` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy in front of your app.
