@@ -5,13 +5,26 @@ WASM_TARGET = wasm32-wasip1
 FILTER_WASM = target/$(WASM_TARGET)/wasm/ory_proxy_filter.wasm
 PORT       ?= 4000
 
-.PHONY: all setup build filter test demo run envoy-config lint fmt clean
+.PHONY: all setup setup-browser build filter test demo run envoy-config lint fmt clean
 
 all: build
 
 ## setup: install the toolchain pieces the build needs (the wasm target).
 setup:
 	@rustup target list --installed 2>/dev/null | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+
+## setup-browser: what the HTTPS trust and browser tests need: certutil (libnss3-tools) to write
+## NSS databases, and Debian's Chromium with its WebDriver. Installed with apt-get when missing
+## (as root, or through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BROWSER_PACKAGES = libnss3-tools chromium chromium-driver
+setup-browser:
+	@if ! command -v certutil >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1 \
+		|| ! command -v chromedriver >/dev/null 2>&1; then \
+		command -v apt-get >/dev/null 2>&1 || { echo "install $(BROWSER_PACKAGES) (Debian names) to run the browser tests"; exit 1; }; \
+		echo "installing $(BROWSER_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
+	fi
 
 ## build: the filter .wasm (for Envoy) and the ory-proxy binary (which embeds it), optimised.
 build: setup filter
@@ -24,7 +37,7 @@ filter: setup
 
 ## test: unit tests (filter natively), host tests (test filters and our filter inside wasmtime),
 ## and end-to-end tests over real sockets.
-test: setup
+test: setup setup-browser
 	$(CARGO) test --locked --workspace --exclude test-filter-headers --exclude test-filter-bodies \
 		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import
 

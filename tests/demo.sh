@@ -21,7 +21,7 @@ trap stop INT TERM EXIT
 "$bin/ory-standin" --port "$ory_port" &
 pids+=($!)
 "$bin/demo-app" --port "$app_port" --jwks-url "http://127.0.0.1:${port}/.ory/jwks.json" --issuer "$ory" \
-    --proxy-url "http://localhost:${port}" &
+    --proxy-url "http://127.0.0.1:${port}" &
 pids+=($!)
 "$bin/ory-proxy" local "http://127.0.0.1:${app_port}" --port "$port" --sdk-url "$ory" \
     --protect-path-prefix /members &

@@ -15,7 +15,11 @@ use crate::{ory_url, state};
 const ABOUT: &str = "Put your app and Ory on one origin, and hand your app a signed JWT of every session.";
 
 const LOCAL_HELP: &str = "\
-Opens a reverse proxy in front of your app (UPSTREAM) on http://localhost:<port>.
+Opens a reverse proxy in front of your app (UPSTREAM) on https://localhost:<port>. The same
+port also answers plain HTTP (http://127.0.0.1:<port>/ works too); --no-https serves HTTP only.
+The HTTPS certificate comes from a local certificate authority kept in $ORY_PROXY_HOME, which
+is added to the system and browser trust stores on the first run (--dont-install-cert skips
+that; `ory-proxy cert uninstall` undoes it).
 
 Ory's APIs and pages are served under /.ory/ on the same origin, so Ory's cookies work in the
 browser. Every request to your app is checked against Ory's /sessions/whoami; with an active
@@ -26,7 +30,7 @@ session the proxy replaces the Authorization header with
 an ES256-signed JWT whose `sub` is the identity id and whose `session` claim is the whole Ory
 session. Verify it with the public key published at
 
-    http://localhost:<port>/.ory/jwks.json
+    https://localhost:<port>/.ory/jwks.json
 
 The signing key is kept in $ORY_PROXY_HOME (default: your configuration directory) so that
 apps' JWKS caches survive restarts.
@@ -62,6 +66,8 @@ static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("{} (filter {}, proxy-wasm ABI v0.2.1)", env!("CARGO_PKG_VERSION"), ory_proxy_filter::VERSION)
 });
 
+// Parsed once per run: the size of the `local` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the proxy in front of your app.
@@ -70,6 +76,17 @@ pub enum Command {
     /// Print the Envoy configuration that runs the same filter with the same settings.
     #[command(long_about = ENVOY_HELP)]
     EnvoyConfig(EnvoyArgs),
+    /// The local certificate authority that HTTPS uses.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Print the path of the local CA certificate (to trust it somewhere ory-proxy does not reach).
+    Path,
+    /// Remove the local CA from every trust store it was installed in (the CA itself stays).
+    Uninstall,
 }
 
 const ENVOY_HELP: &str = "\
@@ -218,6 +235,18 @@ pub struct LocalArgs {
     /// An Ory project API key, sent to Ory with every request through /.ory/.
     #[arg(long, env = "ORY_PROJECT_API_KEY", hide_env_values = true)]
     pub project_api_key: Option<String>,
+
+    /// Serve plain HTTP only (by default the port answers HTTPS and HTTP alike).
+    #[arg(long)]
+    pub no_https: bool,
+
+    /// Do not add the local HTTPS certificate authority to the OS and browser trust stores.
+    #[arg(long)]
+    pub dont_install_cert: bool,
+
+    /// Do not open the browser at start.
+    #[arg(long)]
+    pub no_open: bool,
 }
 
 /// `90`, `90s`, `500ms`, `5m`, `1h`.
@@ -285,7 +314,8 @@ impl LocalArgs {
         } else {
             self.host.clone()
         };
-        let public_url = parse_url("--host", &format!("http://{public_host}:{}", self.port))?;
+        let scheme = if self.no_https { "http" } else { "https" };
+        let public_url = parse_url("--host", &format!("{scheme}://{public_host}:{}", self.port))?;
         let default_redirect_url =
             self.default_redirect_url.as_deref().map(|url| parse_url("--default-redirect-url", url)).transpose()?;
         if self.jwt_ttl.is_zero() {
@@ -340,7 +370,7 @@ mod tests {
 
     #[test]
     fn local_defaults_follow_the_seed() {
-        let Command::Local(args) = parse(&["local", "http://localhost:3000"]).unwrap().command else { panic!() };
+        let Command::Local(args) = parse(&["local", "http://localhost:3000"]).unwrap().command else { unreachable!() };
         assert_eq!(args.host, "127.0.0.1");
         assert_eq!(args.jwt_ttl, Duration::from_secs(60));
         assert!(args.protect_path_prefix.is_empty());
@@ -361,9 +391,34 @@ mod tests {
             "https://a.example,https://b.example",
         ])
         .unwrap();
-        let Command::Local(args) = cli.command else { panic!() };
+        let Command::Local(args) = cli.command else { unreachable!() };
         assert_eq!(args.protect_path_prefix, ["/members", "/admin"]);
         assert_eq!(args.allowed_cors_origins, ["https://a.example", "https://b.example"]);
+    }
+
+    #[test]
+    fn https_is_the_default_and_can_be_turned_off() {
+        let key = std::env::temp_dir().join(format!("ory-proxy-cli-key-{}.pem", std::process::id()));
+        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem())
+            .unwrap();
+        let key_arg = key.to_str().unwrap();
+        let base = ["local", "http://localhost:3000", "--port", "4000", "--jwt-key", key_arg];
+        let Command::Local(args) = parse(&base).unwrap().command else { unreachable!() };
+        assert!(!args.no_https && !args.dont_install_cert && !args.no_open);
+        assert_eq!(args.deployment_with(None).unwrap().public_url.as_str(), "https://localhost:4000/");
+
+        let flags = [&base[..], &["--no-https", "--dont-install-cert", "--no-open"]].concat();
+        let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
+        assert!(args.no_https && args.dont_install_cert && args.no_open);
+        assert_eq!(args.deployment_with(None).unwrap().public_url.as_str(), "http://localhost:4000/");
+        std::fs::remove_file(&key).unwrap();
+    }
+
+    #[test]
+    fn cert_has_path_and_uninstall() {
+        assert!(matches!(parse(&["cert", "path"]).unwrap().command, Command::Cert(CertCommand::Path)));
+        assert!(matches!(parse(&["cert", "uninstall"]).unwrap().command, Command::Cert(CertCommand::Uninstall)));
+        assert!(parse(&["cert"]).is_err());
     }
 
     #[test]
@@ -376,7 +431,7 @@ mod tests {
 
     #[test]
     fn a_bad_upstream_is_a_clear_error() {
-        let Command::Local(mut args) = parse(&["local", "localhost:3000"]).unwrap().command else { panic!() };
+        let Command::Local(mut args) = parse(&["local", "localhost:3000"]).unwrap().command else { unreachable!() };
         args.jwt_key = Some("/nonexistent".into());
         let error = args.deployment_with(None).unwrap_err().to_string();
         assert!(error.starts_with("UPSTREAM"), "{error}");

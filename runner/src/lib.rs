@@ -5,6 +5,8 @@
 //! - [`plan`] turns what the user asked for into a deployment: filter configuration, clusters,
 //!   routes; [`cli`] reads the command line into it; [`local`] starts it; [`envoy`] prints it
 //!   as an Envoy bootstrap.
+//! - [`tls`] keeps the local CA and makes the serving certificate; [`trust`] installs the CA
+//!   where browsers look for it.
 
 pub mod cli;
 pub mod envoy;
@@ -14,3 +16,5 @@ pub mod ory_url;
 pub mod plan;
 pub mod proxy;
 pub mod state;
+pub mod tls;
+pub mod trust;

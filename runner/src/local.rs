@@ -1,5 +1,6 @@
 //! Starting a plan: load the filter, start its VMs, bind the listener.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -35,11 +36,17 @@ pub fn load_filter(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Plugin> {
 }
 
 /// Loads the filter, starts its VMs and binds the listener: everything that can fail at
-/// start-up fails here, before anything is served.
+/// start-up fails here, before anything is served. Serves plain HTTP only.
 pub async fn start(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Proxy> {
+    start_with_tls(plan, wasm, None).await
+}
+
+/// [`start`], serving HTTPS with `tls` beside plain HTTP on the same port (see
+/// [`crate::tls::LocalCa::server_config`]).
+pub async fn start_with_tls(plan: &Plan, wasm: &[u8], tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<Proxy> {
     let plugin = load_filter(plan, wasm)?;
     let clusters = Clusters::new(plan.clusters.clone())?;
     let pool = FilterPool::start(plugin, clusters, PoolOptions::default()).context("starting the filter")?;
-    let options = ServeOptions { listen: plan.listen, ..ServeOptions::default() };
+    let options = ServeOptions { listen: plan.listen, tls, ..ServeOptions::default() };
     Proxy::bind(pool, plan.routes.clone(), options).await
 }

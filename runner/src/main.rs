@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ory_proxy::cli::{Cli, Command, EnvoyArgs, LocalArgs};
-use ory_proxy::{local, plan, state};
+use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, LocalArgs};
+use ory_proxy::{local, plan, state, tls, trust};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Local(args) => runtime.block_on(run_local(args)),
         Command::EnvoyConfig(args) => runtime.block_on(envoy_config(&args)),
+        Command::Cert(command) => run_cert(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -46,7 +47,15 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("--filter {}: {e}", path.display()))?,
         None => local::EMBEDDED_FILTER.to_vec(),
     };
-    let proxy = local::start(&plan, &wasm).await?;
+    let ca = match args.no_https {
+        true => None,
+        false => Some(tls::LocalCa::load_or_create(&state::home()?)?),
+    };
+    let tls = match &ca {
+        Some(ca) => Some(ca.server_config(&plan::proxy_names(&plan.listen, &plan.public_url))?),
+        None => None,
+    };
+    let proxy = local::start_with_tls(&plan, &wasm, tls).await?;
     let address = proxy.local_addr()?;
     if plan::is_public(&address) {
         tracing::warn!("listening on {address}: other machines can reach this proxy");
@@ -54,6 +63,17 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let public = plan.public_url.as_str().trim_end_matches('/');
     println!("ory-proxy is running.");
     println!("  Open your app at   {public}/");
+    if let Some(ca) = &ca {
+        println!(
+            "  HTTPS certificate  issued by {}{}",
+            ca.cert_path().display(),
+            if ca.created() { " (new)" } else { "" }
+        );
+        if !args.dont_install_cert {
+            // Runs certutil, sudo and the like: a moment at start-up, before anything is served.
+            print!("{}", trust::install(ca, &state::home()?, &trust::TrustEnv::from_system()));
+        }
+    }
     println!("  Your app           {}", deployment.upstream);
     match &deployment.ory_url {
         Some(ory) => println!("  Ory                {ory} (under {public}/.ory/)"),
@@ -72,6 +92,9 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     }
     println!("  JWT public keys    {public}/.ory/jwks.json");
     println!("Press Ctrl-C to stop.");
+    if !args.no_open {
+        open_browser(format!("{public}/"));
+    }
     proxy.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -88,6 +111,39 @@ async fn envoy_config(args: &EnvoyArgs) -> anyhow::Result<()> {
             eprintln!("wrote {} (it holds the signing key: keep it secret)", path.display());
         }
         None => print!("{yaml}"),
+    }
+    Ok(())
+}
+
+/// Opens `url` in the default browser, in the background (some browsers' launchers wait);
+/// failing is a hint, not an error.
+fn open_browser(url: String) {
+    tokio::task::spawn_blocking(move || {
+        if let Err(error) = webbrowser::open(&url) {
+            println!("hint: could not open a browser ({error}); open {url} yourself");
+        }
+    });
+}
+
+fn run_cert(command: CertCommand) -> anyhow::Result<()> {
+    let home = state::home()?;
+    match command {
+        CertCommand::Path => {
+            let ca = tls::LocalCa::load_or_create(&home)?;
+            println!("{}", ca.cert_path().display());
+        }
+        CertCommand::Uninstall => {
+            let cert = home.join(tls::CA_CERT_FILE);
+            let ca = if cert.exists() { Some(tls::LocalCa::load_or_create(&home)?) } else { None };
+            let report = trust::uninstall(ca.as_ref(), &home, &trust::TrustEnv::from_system());
+            if report.outcomes.is_empty() {
+                println!("The local CA is not installed anywhere ory-proxy knows of.");
+            }
+            print!("{report}");
+            if report.failures().next().is_some() {
+                anyhow::bail!("the local CA could not be removed from every store");
+            }
+        }
     }
     Ok(())
 }

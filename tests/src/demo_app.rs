@@ -329,6 +329,14 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>, _peer: SocketAddr)
     }
 }
 
+/// `https://host/p?q` → `/p?q`; anything that is not an absolute URL is returned as it is.
+fn same_origin_path(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(parsed) => parsed[url::Position::BeforePath..].to_string(),
+        Err(_) => url.to_string(),
+    }
+}
+
 /// Log out through the proxy: ask `/.ory/self-service/logout/browser` with the user's cookies,
 /// then send the browser to the `logout_url` it answers.
 async fn logout(state: &AppState, headers: &http::HeaderMap) -> Resp {
@@ -342,7 +350,9 @@ async fn logout(state: &AppState, headers: &http::HeaderMap) -> Resp {
     match state.client.get(&url, &forwarded).await {
         Ok(resp) if resp.status == StatusCode::OK => {
             match resp.json().ok().and_then(|v| v.get("logout_url")?.as_str().map(str::to_owned)) {
-                Some(logout_url) => redirect(StatusCode::SEE_OTHER, &logout_url),
+                // Keep the browser on the origin it uses (this app may reach the proxy under
+                // another name): only the path and query of the logout URL matter.
+                Some(logout_url) => redirect(StatusCode::SEE_OTHER, &same_origin_path(&logout_url)),
                 None => response(
                     StatusCode::BAD_GATEWAY,
                     "text/html; charset=utf-8",

@@ -217,6 +217,25 @@ fn path_has_prefix(path: &str, prefix: &str) -> bool {
     path == prefix_dir || path.strip_prefix(prefix_dir).is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// Resolves on Ctrl-C or SIGTERM: how the binaries here stop cleanly (`make demo` sends either).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,24 +309,5 @@ mod tests {
         assert!(p.check("https://aexample.org/any", &public).is_none());
         assert!(p.check("http://127.0.0.1:4433/ui/welcome", &public).is_some());
         assert!(p.check("http://127.0.0.1:4000/", &public).is_none());
-    }
-}
-
-/// Resolves on Ctrl-C or SIGTERM: how the binaries here stop cleanly (`make demo` sends either).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }

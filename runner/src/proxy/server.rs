@@ -1,5 +1,8 @@
 //! The listening side: accept connections, serve HTTP/1.1 and HTTP/2, hand each request to a
 //! driver task, and drain in-flight requests on shutdown.
+//!
+//! One port serves both HTTPS and plain HTTP: the first byte of a connection tells which (a TLS
+//! connection starts with a handshake record, 0x16; no HTTP request does).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,8 +12,10 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 
 use super::Route;
 use super::driver::{self, Connection, Shared};
@@ -24,6 +29,13 @@ pub struct ServeOptions {
     pub upstream_timeout: Duration,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
+    /// Serve HTTPS (beside plain HTTP, on the same port) with this configuration; `None` serves
+    /// plain HTTP only.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a new connection may take to send its first byte and finish a TLS handshake.
+    /// Browsers open connections ahead of need and may leave them silent for a while, so this is
+    /// generous; it only keeps a silent client from holding a task forever.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ServeOptions {
@@ -32,6 +44,8 @@ impl Default for ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
             upstream_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(10),
+            tls: None,
+            handshake_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -41,6 +55,8 @@ pub struct Proxy {
     listener: TcpListener,
     shared: Arc<Shared>,
     drain_timeout: Duration,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
 }
 
 /// A proxy serving in the background (for tests and embedding).
@@ -73,11 +89,22 @@ impl Proxy {
             _ => anyhow::anyhow!("cannot listen on {}: {error}", options.listen),
         })?;
         let shared = Arc::new(Shared { pool, routes, upstream_timeout: options.upstream_timeout });
-        Ok(Proxy { listener, shared, drain_timeout: options.drain_timeout })
+        Ok(Proxy {
+            listener,
+            shared,
+            drain_timeout: options.drain_timeout,
+            tls: options.tls.map(TlsAcceptor::from),
+            handshake_timeout: options.handshake_timeout,
+        })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// Whether this proxy answers TLS connections.
+    pub fn serves_https(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serves in the background until [`ProxyHandle::shutdown`].
@@ -94,6 +121,8 @@ impl Proxy {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
+        // Tells connections still sniffing or shaking hands to give up.
+        let (stopping, stopped) = watch::channel(false);
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -109,34 +138,134 @@ impl Proxy {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().unwrap_or(peer);
-            let connection = Connection { peer, local, tls: false };
-            let shared = self.shared.clone();
-            let service = service_fn(move |request| {
-                let shared = shared.clone();
-                async move {
-                    let (respond, response) = oneshot::channel();
-                    tokio::spawn(driver::drive(shared, request, connection, respond));
-                    match response.await {
-                        Ok(response) => Ok(response),
-                        // The driver ended without a response: the filter reset the stream.
-                        Err(_) => Err(std::io::Error::other("stream reset by the filter")),
-                    }
-                }
-            });
-            let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            let watched = graceful.watch(serving);
-            tokio::spawn(async move {
-                if let Err(error) = watched.await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-            });
+            let accepted = Accepted {
+                stream,
+                peer,
+                shared: self.shared.clone(),
+                builder: builder.clone(),
+                tls: self.tls.clone(),
+                handshake_timeout: self.handshake_timeout,
+                watcher: graceful.watcher(),
+                stopped: stopped.clone(),
+            };
+            tokio::spawn(accepted.serve());
         }
+        let _ = stopping.send(true);
         drop(self.listener);
         tokio::select! {
             () = graceful.shutdown() => {}
             () = tokio::time::sleep(self.drain_timeout) => tracing::warn!("gave up waiting for requests in flight"),
         }
         Ok(())
+    }
+}
+
+/// What the first byte of a connection said.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    Tls,
+    Plain,
+    /// The client closed the connection before sending anything.
+    Closed,
+}
+
+/// A TLS record starts with its content type; a handshake (ClientHello) is 22.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
+    let mut first = [0u8; 1];
+    Ok(match stream.peek(&mut first).await? {
+        0 => Sniffed::Closed,
+        _ if first[0] == TLS_HANDSHAKE_RECORD => Sniffed::Tls,
+        _ => Sniffed::Plain,
+    })
+}
+
+/// One accepted connection, before we know what it speaks.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+    watcher: Watcher,
+    stopped: watch::Receiver<bool>,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl Accepted {
+    async fn serve(self) {
+        let Accepted { stream, peer, shared, builder, tls, handshake_timeout, watcher, mut stopped } = self;
+        let local = stream.local_addr().unwrap_or(peer);
+        let opening = async {
+            match sniff(&stream).await? {
+                Sniffed::Closed => Ok(None),
+                Sniffed::Plain => Ok(Some(Stream::Plain(stream))),
+                Sniffed::Tls => match &tls {
+                    Some(acceptor) => Ok(Some(Stream::Tls(Box::new(acceptor.accept(stream).await?)))),
+                    None => Err(std::io::Error::other("a TLS handshake, but this proxy serves plain HTTP only")),
+                },
+            }
+        };
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(handshake_timeout, opening) => opened,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let stream = match opened {
+            Ok(Ok(Some(stream))) => stream,
+            Ok(Ok(None)) => return,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "connection dropped before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "connection dropped: nothing arrived within {handshake_timeout:?}");
+                return;
+            }
+        };
+        match stream {
+            Stream::Plain(stream) => {
+                serve_connection(TokioIo::new(stream), Connection { peer, local, tls: false }, shared, builder, watcher)
+                    .await
+            }
+            Stream::Tls(stream) => {
+                serve_connection(TokioIo::new(stream), Connection { peer, local, tls: true }, shared, builder, watcher)
+                    .await
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on an open connection until it ends
+/// or shutdown drains it.
+async fn serve_connection<I>(
+    io: I,
+    connection: Connection,
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let shared = shared.clone();
+        async move {
+            let (respond, response) = oneshot::channel();
+            tokio::spawn(driver::drive(shared, request, connection, respond));
+            match response.await {
+                Ok(response) => Ok(response),
+                // The driver ended without a response: the filter reset the stream.
+                Err(_) => Err(std::io::Error::other("stream reset by the filter")),
+            }
+        }
+    });
+    let serving = builder.serve_connection_with_upgrades(io, service);
+    if let Err(error) = watcher.watch(serving).await {
+        tracing::debug!(%error, "connection ended with an error");
     }
 }

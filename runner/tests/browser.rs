@@ -1,0 +1,173 @@
+//! A real browser: headless Chromium, driven over WebDriver, trusts the proxy's local CA only
+//! because `ory-proxy local` installed it into the (temporary) HOME's NSS database — no flag
+//! that ignores certificate errors. It opens the protected page, logs in through `/.ory/`, sees
+//! the demo app greet the user from the verified JWT, logs out, and is asked to log in again.
+//!
+//! Needs `chromium`, `chromedriver` and `certutil`; `make test` installs them.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{ClientBuilder, Locator};
+use ory_proxy_tests::demo_app::{DemoApp, DemoAppConfig};
+use ory_proxy_tests::standin::{DEMO_EMAIL, DEMO_PASSWORD, Standin, StandinConfig};
+
+/// Kills a child process when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tool(name: &str) -> PathBuf {
+    let found = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().unwrap();
+    let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+    assert!(!path.is_empty(), "`{name}` is not installed: run `make setup-browser` (make test does)");
+    PathBuf::from(path)
+}
+
+fn temp_home() -> PathBuf {
+    let home = std::env::temp_dir().join(format!("ory-proxy-browser-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).unwrap();
+    home
+}
+
+fn nss_has_ca(home: &Path) -> bool {
+    let listing =
+        Command::new(tool("certutil")).args(["-L", "-d"]).arg(format!("sql:{}/.pki/nssdb", home.display())).output();
+    listing.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("ory-proxy"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_logs_in_through_the_proxy_and_the_app_sees_the_user() {
+    let chromium = tool("chromium");
+    let chromedriver = tool("chromedriver");
+    let home = temp_home();
+
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let proxy_port = free_port();
+    let app = DemoApp::start(DemoAppConfig {
+        port: 0,
+        jwks_url: format!("http://127.0.0.1:{proxy_port}/.ory/jwks.json"),
+        issuer: standin.url(),
+        proxy_url: Some(format!("http://127.0.0.1:{proxy_port}")),
+        ..DemoAppConfig::default()
+    })
+    .await
+    .unwrap();
+
+    let mut proxy = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_ory-proxy"))
+            .args(["local", &format!("http://{}", app.local_addr()), "--port", &proxy_port.to_string()])
+            .args(["--sdk-url", &standin.url(), "--protect-path-prefix", "/members", "--no-open"])
+            .env("HOME", &home)
+            .env("ORY_PROXY_HOME", home.join(".config/ory-proxy"))
+            // Only the NSS database of this HOME: a test must not touch the machine's trust store.
+            .env("ORY_PROXY_TRUST_STORES", "nss")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(proxy_port, &mut proxy.0, "ory-proxy");
+    assert!(nss_has_ca(&home), "ory-proxy installed its CA into $HOME/.pki/nssdb");
+
+    let driver_port = free_port();
+    let mut driver = Reaped(
+        Command::new(&chromedriver)
+            .arg(format!("--port={driver_port}"))
+            .env("HOME", &home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(driver_port, &mut driver.0, "chromedriver");
+
+    let profile = home.join("chromium-profile");
+    let capabilities = serde_json::json!({
+        "goog:chromeOptions": {
+            "binary": chromium,
+            // No --ignore-certificate-errors: the certificate must be trusted for real.
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }
+    });
+    let capabilities = capabilities.as_object().unwrap().clone();
+    let browser = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{driver_port}"))
+        .await
+        .expect("chromedriver session");
+
+    let result = async {
+        let members = format!("https://localhost:{proxy_port}/members");
+        browser.goto(&members).await?;
+        // Sent to the stand-in's login page, on the proxy's origin.
+        let url = browser.current_url().await?;
+        assert!(url.as_str().starts_with(&format!("https://localhost:{proxy_port}/.ory/")), "login page: {url}");
+        browser.find(Locator::Css("input[name=identifier]")).await?.send_keys(DEMO_EMAIL).await?;
+        browser.find(Locator::Css("input[name=password]")).await?.send_keys(DEMO_PASSWORD).await?;
+        browser.find(Locator::Css("button[type=submit]")).await?.click().await?;
+
+        wait_until(&browser, |url, _| url.starts_with(&members)).await?;
+        let page = browser.source().await?;
+        assert!(page.contains(DEMO_EMAIL), "the demo app greets the user from the JWT: {page}");
+
+        // Log out, then the protected page asks for a login again.
+        browser.find(Locator::LinkText("Log out")).await?.click().await?;
+        wait_until(&browser, |_, page| !page.contains(DEMO_EMAIL)).await?;
+        browser.goto(&members).await?;
+        let url = browser.current_url().await?;
+        assert!(url.path().starts_with("/.ory/"), "asked to log in again: {url}");
+        Ok::<_, fantoccini::error::CmdError>(())
+    }
+    .await;
+    let _ = browser.close().await;
+    drop(driver);
+    drop(proxy);
+    app.shutdown().await;
+    standin.shutdown().await;
+    let _ = std::fs::remove_dir_all(&home);
+    result.expect("the browser flow");
+}
+
+/// Polls until the page satisfies `done` (redirects and form posts take a moment).
+async fn wait_until(
+    browser: &fantoccini::Client,
+    done: impl Fn(&str, &str) -> bool,
+) -> Result<(), fantoccini::error::CmdError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let url = browser.current_url().await?.to_string();
+        let page = browser.source().await?;
+        if done(&url, &page) {
+            return Ok(());
+        }
+        assert!(Instant::now() < deadline, "the page never got there: {url}\n{page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
