@@ -90,7 +90,12 @@ async fn chromium_logs_in_through_the_proxy_and_the_app_sees_the_user() {
             .unwrap(),
     );
     wait_for_port(proxy_port, &mut proxy.0, "ory-proxy");
-    assert!(nss_has_ca(&home), "ory-proxy installed its CA into $HOME/.pki/nssdb");
+    // The port is bound first (a busy port fails fast); the CA is installed right after.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nss_has_ca(&home) {
+        assert!(Instant::now() < deadline, "ory-proxy installed its CA into $HOME/.pki/nssdb");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     let driver_port = free_port();
     let mut driver = Reaped(
