@@ -31,6 +31,17 @@ pub enum UpstreamError {
     Unreachable { cluster: String, reason: String },
 }
 
+/// Where a request goes: a cluster, the path there, and what to change on the way.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub cluster: &'a str,
+    pub path: &'a str,
+    /// Replaces the `Host` header.
+    pub host: Option<&'a str>,
+    /// The protocol the client asked to switch to (WebSocket), passed on as `Upgrade`.
+    pub protocol_upgrade: Option<&'a HeaderValue>,
+}
+
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 pub const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"];
@@ -67,21 +78,19 @@ impl Clusters {
         self.clusters.keys().cloned().collect()
     }
 
-    /// Sends a request built from a proxy-wasm header list to `cluster`. `host` overrides the
-    /// `Host` header; `timeout` bounds the wait for the response headers.
+    /// Sends a request built from a proxy-wasm header list to `to.cluster`; `timeout` bounds the
+    /// wait for the response headers.
     pub async fn send(
         &self,
-        cluster: &str,
+        to: Destination<'_>,
         headers: &HeaderList,
-        path: &str,
-        host: Option<&str>,
         body: Body,
         timeout: Duration,
-        protocol_upgrade: Option<&HeaderValue>,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        let cluster = to.cluster;
         let target = self.clusters.get(cluster).ok_or_else(|| UpstreamError::UnknownCluster(cluster.into()))?;
-        let mut request = build_request(target, headers, path, host, body)?;
-        if let Some(protocol) = protocol_upgrade {
+        let mut request = build_request(target, headers, to.path, to.host, body)?;
+        if let Some(protocol) = to.protocol_upgrade {
             // Hop-by-hop headers are this hop's to set: ask the upstream for the same switch.
             request.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
             request.headers_mut().insert(http::header::UPGRADE, protocol.clone());
@@ -108,7 +117,8 @@ impl Clusters {
         let body = full(call.body);
         let timeout = if call.timeout.is_zero() { Duration::from_secs(60) } else { call.timeout };
         let started = tokio::time::Instant::now();
-        let response = match self.send(&call.cluster, &call.headers, &path, None, body, timeout, None).await {
+        let to = Destination { cluster: &call.cluster, path: &path, host: None, protocol_upgrade: None };
+        let response = match self.send(to, &call.headers, body, timeout).await {
             Ok(response) => response,
             Err(UpstreamError::Timeout(_)) => return Some(HttpCallResponse::timeout()),
             Err(error) => {

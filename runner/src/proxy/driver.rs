@@ -15,7 +15,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
 
-use super::client::{Body, UpstreamError, fill_header_map, full, header_list_from};
+use super::client::{Body, Destination, UpstreamError, fill_header_map, full, header_list_from};
 use super::pool::{FilterPool, Lease, Signal};
 use super::{Route, rewrite_path, route_for};
 use crate::host::{Exchange, HeaderList, Out, Step, StreamInfo};
@@ -319,7 +319,13 @@ impl Driver {
         self.upstream = Some(Box::pin(async move {
             let clusters = shared.pool.clusters();
             let host = route.host_rewrite.as_deref();
-            clusters.send(&route.cluster, &headers, &upstream_path, host, body, timeout, protocol.as_ref()).await
+            let to = Destination {
+                cluster: &route.cluster,
+                path: &upstream_path,
+                host,
+                protocol_upgrade: protocol.as_ref(),
+            };
+            clusters.send(to, &headers, body, timeout).await
         }));
     }
 
