@@ -29,7 +29,7 @@ pids+=($!)
 
 sleep 1
 echo
-echo "Open http://localhost:${port}/ and log in as demo@example.com / demo-password"
+echo "Open https://localhost:${port}/ and log in as demo@example.com / demo-password"
 echo "(the stand-in's demo identity). /members needs a session. Ctrl-C stops everything."
 # Whichever stops first (or Ctrl-C) ends the demo.
 wait -n "${pids[@]}"
