@@ -211,6 +211,19 @@ pub enum SessionResult {
     Failed(String),
 }
 
+impl SessionResult {
+    /// One word for the host's access log.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SessionResult::Active { .. } => "active",
+            SessionResult::NoSession => "none",
+            SessionResult::Aal2Required { .. } => "aal2-required",
+            SessionResult::Unavailable(_) => "ory-unavailable",
+            SessionResult::Failed(_) => "failed",
+        }
+    }
+}
+
 /// The cache entry for an active session Ory just confirmed: the previous JWT when it was signed
 /// for this very session and is still young, otherwise a fresh one (`iat = now`). With JWTs off,
 /// the entry carries no token and only records the session.

@@ -423,16 +423,7 @@ mod glue {
 
         /// Carries out the session decision for this request, inside its own callback.
         fn finish(&mut self, ory: &OryConfig, result: &SessionResult) -> Action {
-            let action = {
-                let flow = self.flow.borrow();
-                let Some(request) = flow.app.as_ref() else { return Action::Continue };
-                if let SessionResult::Unavailable(why) | SessionResult::Failed(why) = result
-                    && !request.protected
-                {
-                    log::warn(&format!("session check failed, continuing without a JWT: {why}"));
-                }
-                decide::session_action(ory, request, result)
-            };
+            let Some(action) = session_action_for(ory, &self.flow.borrow(), result) else { return Action::Continue };
             match action {
                 SessionAction::Continue { authorization } => {
                     if let Some(value) = authorization {
@@ -535,13 +526,8 @@ mod glue {
                 let mut flow = flow.borrow_mut();
                 flow.waiting_on = None;
                 flow.refresh_cookies.extend(answer.set_cookies.iter().cloned());
-                let Some(request) = flow.app.as_ref() else { continue };
-                if let SessionResult::Unavailable(why) | SessionResult::Failed(why) = &result
-                    && !request.protected
-                {
-                    log::warn(&format!("session check failed, continuing without a JWT: {why}"));
-                }
-                decide::session_action(ory, request, &result)
+                let Some(action) = session_action_for(ory, &flow, &result) else { continue };
+                action
             };
             match action {
                 SessionAction::Continue { authorization } => {
@@ -557,6 +543,20 @@ mod glue {
             }
         }
         let _ = hostcalls::set_effective_context(current);
+    }
+
+    /// What a request does with the session check's result (in the request's own context): the
+    /// decision, a warning when an unprotected request goes on without a JWT, and the result
+    /// noted for hosts that keep an access log (the runner does).
+    fn session_action_for(ory: &OryConfig, flow: &Flow, result: &SessionResult) -> Option<SessionAction> {
+        let request = flow.app.as_ref()?;
+        let _ = hostcalls::set_property(vec!["access_log", "session"], Some(result.label().as_bytes()));
+        if let SessionResult::Unavailable(why) | SessionResult::Failed(why) = result
+            && !request.protected
+        {
+            log::warn(&format!("session check failed, continuing without a JWT: {why}"));
+        }
+        Some(decide::session_action(ory, request, result))
     }
 
     fn dispatch_whoami(ory: &OryConfig, creds: &Credentials) -> Result<u32, String> {

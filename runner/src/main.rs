@@ -91,6 +91,9 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         println!("  Protected paths    {}", rules.join(", "));
     }
     println!("  JWT public keys    {public}/.ory/jwks.json");
+    for (cluster, why) in local::unreachable_clusters(&plan).await {
+        println!("  warning            {cluster} cannot be reached yet ({why}); requests to it get 502 until it can");
+    }
     println!("Press Ctrl-C to stop.");
     if !args.no_open {
         open_browser(format!("{public}/"));

@@ -1175,3 +1175,20 @@ fn two_vms_share_the_key_and_the_session_cache() {
     };
     assert_eq!(jwks(&mut first), jwks(&mut second));
 }
+
+/// The runner's access log says whether a session was found: the filter annotates the request.
+#[test]
+fn the_access_log_learns_whether_a_session_was_found() {
+    let mut h = harness();
+    let id = get(&mut h, "/members", &[COOKIE]);
+    let token = whoami_call(&mut h);
+    answer_active(&mut h, token);
+    let annotations = h.finish(id).expect("finished").annotations;
+    assert_eq!(annotations, [("session".to_string(), "active".to_string())]);
+
+    let id = get(&mut h, "/members", &[("cookie", "ory_kratos_session=unknown")]);
+    let token = whoami_call(&mut h);
+    answer_401(&mut h, token);
+    let annotations = h.finish(id).expect("finished").annotations;
+    assert_eq!(annotations, [("session".to_string(), "none".to_string())]);
+}

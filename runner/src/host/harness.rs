@@ -26,6 +26,8 @@ pub struct Recorded {
     pub replied: bool,
     pub reset: bool,
     pub failed: Option<(u16, &'static str)>,
+    /// What the filter set under `access_log.*`, once the exchange finished.
+    pub annotations: Vec<(String, String)>,
 }
 
 impl Recorded {
@@ -192,8 +194,9 @@ impl Harness {
 
     /// Ends the exchange (`on_log`, `on_done`, `on_delete`) and returns what it recorded.
     pub fn finish(&mut self, id: u32) -> Result<Recorded, VmError> {
-        let (exchange, recorded) = self.exchanges.remove(&id).ok_or(VmError::UnknownContext(id))?;
+        let (exchange, mut recorded) = self.exchanges.remove(&id).ok_or(VmError::UnknownContext(id))?;
         let step = exchange.finish(&mut self.vm)?;
+        recorded.annotations = step.annotations;
         self.route(step.others);
         self.finished.insert(id, recorded.clone());
         Ok(recorded)
