@@ -138,7 +138,11 @@ impl EnvoyArgs {
         if let Some(filter) = &self.local.filter {
             bail!("--filter {}: Envoy loads the module from --module-path instead", filter.display());
         }
-        let plan = crate::plan::plan(&self.local.deployment().await?)?;
+        // The Envoy listener this prints is plain HTTP (TLS is the runner's, or a load balancer's
+        // in front of Envoy): plan it as `local --no-https` would.
+        let mut local = self.local.clone();
+        local.no_https = true;
+        let plan = crate::plan::plan(&local.deployment().await?)?;
         Ok(crate::envoy::bootstrap_yaml(&plan, &self.options()))
     }
 }

@@ -260,7 +260,10 @@ fn every_bootstrap_is_valid_against_envoys_v3_api() {
 fn the_filter_configuration_is_the_runners_byte_for_byte() {
     for flags in CASES {
         let envoy_flags: Vec<&str> = flags.iter().copied().take_while(|flag| *flag != "--module-path").collect();
-        let deployment = block_on(local_args(&envoy_flags).deployment()).unwrap();
+        // Envoy's listener is plain HTTP: the runner's equal is `local --no-https`.
+        let mut local = local_args(&envoy_flags);
+        local.no_https = true;
+        let deployment = block_on(local.deployment()).unwrap();
         let runner = ory_proxy::plan::plan(&deployment).unwrap().filter_configuration();
 
         let yaml = envoy_yaml(flags);
