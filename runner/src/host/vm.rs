@@ -485,10 +485,21 @@ impl Vm {
 
     pub fn on_request_trailers(&mut self, context: u32) -> Result<Action, VmError> {
         let count = self.stream_mut(context)?.request_trailers.len();
-        let Some(func) = self.exports.on_request_trailers.clone() else { return Ok(Action::Continue) };
+        let func = self.exports.on_request_trailers.clone();
+        self.trailers_callback("proxy_on_request_trailers", func, context, count)
+    }
+
+    fn trailers_callback(
+        &mut self,
+        name: &'static str,
+        func: Option<Callback2>,
+        context: u32,
+        count: usize,
+    ) -> Result<Action, VmError> {
+        let Some(func) = func else { return Ok(Action::Continue) };
         self.set_effective(context);
-        let value = self.guarded("proxy_on_request_trailers", |store| func.call(store, (context, count as u32)))?;
-        Self::action("proxy_on_request_trailers", value).inspect_err(|_| self.failed = true)
+        let value = self.guarded(name, |store| func.call(store, (context, count as u32)))?;
+        Self::action(name, value).inspect_err(|_| self.failed = true)
     }
 
     pub fn on_response_headers(&mut self, context: u32, end_of_stream: bool) -> Result<Action, VmError> {
@@ -505,10 +516,8 @@ impl Vm {
 
     pub fn on_response_trailers(&mut self, context: u32) -> Result<Action, VmError> {
         let count = self.stream_mut(context)?.response_trailers.len();
-        let Some(func) = self.exports.on_response_trailers.clone() else { return Ok(Action::Continue) };
-        self.set_effective(context);
-        let value = self.guarded("proxy_on_response_trailers", |store| func.call(store, (context, count as u32)))?;
-        Self::action("proxy_on_response_trailers", value).inspect_err(|_| self.failed = true)
+        let func = self.exports.on_response_trailers.clone();
+        self.trailers_callback("proxy_on_response_trailers", func, context, count)
     }
 
     /// Ends a stream: `on_log`, `on_done`, `on_delete`. Calls it still had outstanding are
