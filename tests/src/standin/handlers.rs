@@ -597,15 +597,13 @@ impl Ctx<'_> {
                 Some(identifier),
             );
         };
-        let mut session = store.new_session(
+        let session = store.new_session(
             identity.id,
             self.state.settings.session_lifespan,
             self.now,
             &self.peer.ip().to_string(),
             &self.user_agent(),
         );
-        session.cookie_expires_at = Some(session.expires_at);
-        store.sessions.insert(session.token.clone(), session.clone());
         store.flows.remove(&flow.id);
         let session_json = session.to_json(&identity, self.public());
         drop(store);
@@ -717,15 +715,13 @@ impl Ctx<'_> {
             drop(store);
             return self.fail(500, None, "The new identity vanished.", "Internal error");
         };
-        let mut session = store.new_session(
+        let session = store.new_session(
             id,
             self.state.settings.session_lifespan,
             self.now,
             &self.peer.ip().to_string(),
             &self.user_agent(),
         );
-        session.cookie_expires_at = Some(session.expires_at);
-        store.sessions.insert(session.token.clone(), session.clone());
         store.flows.remove(&flow.id);
         drop(store);
         tracing::info!(%email, "registered a new identity");

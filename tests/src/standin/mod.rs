@@ -378,7 +378,8 @@ impl Store {
                 ip_address: ip.to_owned(),
                 user_agent: user_agent.to_owned(),
             }],
-            cookie_expires_at: None,
+            // A browser session's cookie lives as long as the session, as Kratos sets Max-Age.
+            cookie_expires_at: Some(now + lifespan),
         };
         self.sessions.insert(session.token.clone(), session.clone());
         session
@@ -623,10 +624,8 @@ impl RunningStandin {
         let mut store = self.inner.store();
         let identity_id =
             store.identity_by_email(email).map(|i| i.id).ok_or_else(|| anyhow!("no identity with email {email}"))?;
-        let mut session =
+        let session =
             store.new_session(identity_id, self.inner.settings.session_lifespan, now, "127.0.0.1", "ory-proxy-tests");
-        session.cookie_expires_at = Some(session.expires_at);
-        store.sessions.insert(session.token.clone(), session.clone());
         Ok(SessionHandle {
             session_id: session.id,
             identity_id,
