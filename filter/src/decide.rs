@@ -631,6 +631,8 @@ mod tests {
         assert_eq!(get(&ory.headers, "ory-base-url-rewrite-token").as_deref(), Some("secret-key"));
         assert!(!ory.logout);
         assert!(get(&ory.headers, "x-forwarded-for").is_none());
+        // Envoy routes on it: an Ory-bound request always carries the browser's scheme.
+        assert_eq!(get(&ory.headers, "x-forwarded-proto").as_deref(), Some("http"));
     }
 
     #[test]

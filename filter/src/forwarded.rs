@@ -90,9 +90,15 @@ pub fn app_forwarding_headers(client_ip: &str, scheme: &str, host: &str) -> Vec<
 /// The headers an Ory-bound request gets (after [`sanitize_request_headers`]):
 /// `Ory-No-Custom-Domain-Redirect: true`, `Ory-Base-URL-Rewrite: <proxy origin>/.ory`, and
 /// `Ory-Base-URL-Rewrite-Token: <api key>` when a project API key is configured. The caller also
-/// sets `:authority` to Ory's host. None of these may ever be sent to the app.
+/// sets `:authority` to Ory's host. None of the `Ory-*` headers may ever be sent to the app.
+///
+/// `X-Forwarded-Proto` says which scheme the browser used. Envoy sets it on every request before
+/// any filter runs and routes on it: a request the filter leaves without one matches no route
+/// (Envoy answers 404), so it is set here rather than only removed.
 pub fn ory_request_headers(proxy_origin: &str, api_key: Option<&str>) -> Vec<(String, String)> {
+    let scheme = proxy_origin.trim().split_once("://").map_or("http", |(scheme, _)| scheme).to_ascii_lowercase();
     let mut headers = vec![
+        ("x-forwarded-proto".to_owned(), scheme),
         ("ory-no-custom-domain-redirect".to_owned(), "true".to_owned()),
         (
             "ory-base-url-rewrite".to_owned(),
@@ -191,14 +197,16 @@ mod tests {
         assert_eq!(
             ory_request_headers("https://localhost:4000/", Some("ory_pat_abc")),
             h(&[
+                ("x-forwarded-proto", "https"),
                 ("ory-no-custom-domain-redirect", "true"),
                 ("ory-base-url-rewrite", "https://localhost:4000/.ory"),
                 ("ory-base-url-rewrite-token", "ory_pat_abc"),
             ])
         );
-        assert_eq!(ory_request_headers("http://localhost:4000", None).len(), 2);
-        assert_eq!(ory_request_headers("http://localhost:4000", Some("")).len(), 2);
-        assert_eq!(ory_request_headers("http://localhost:4000", Some("a\nb")).len(), 2);
+        assert_eq!(ory_request_headers("http://localhost:4000", None)[0], ("x-forwarded-proto".into(), "http".into()));
+        assert_eq!(ory_request_headers("http://localhost:4000", None).len(), 3);
+        assert_eq!(ory_request_headers("http://localhost:4000", Some("")).len(), 3);
+        assert_eq!(ory_request_headers("http://localhost:4000", Some("a\nb")).len(), 3);
     }
 
     #[test]

@@ -770,6 +770,7 @@ fn ory_bound_requests_get_the_rewrite_headers_and_no_spoofed_ones() {
             ("Ory-Base-URL-Rewrite-Token", "stolen"),
             ("ory-no-custom-domain-redirect", "false"),
             ("x-forwarded-host", "evil.com"),
+            ("x-forwarded-proto", "https"),
             ("forwarded", "host=evil.com"),
         ],
     );
@@ -785,6 +786,7 @@ fn ory_bound_requests_get_the_rewrite_headers_and_no_spoofed_ones() {
     assert_eq!(headers.get_all("ory-base-url-rewrite").count(), 1);
     assert_eq!(r.upstream_header("x-forwarded-host"), None);
     assert_eq!(r.upstream_header("forwarded"), None);
+    assert_eq!(r.upstream_header("x-forwarded-proto"), Some("http"), "the browser's scheme, not the client's claim");
     assert_eq!(r.upstream_header("cookie"), Some(COOKIE.1));
 }
 

@@ -9,6 +9,7 @@
 //! binaries `ory-standin` and `demo-app`.
 
 pub mod demo_app;
+pub mod envoy;
 pub mod http;
 pub mod standin;
 pub mod util;

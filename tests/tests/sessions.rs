@@ -1,5 +1,6 @@
-//! End to end through `ory-proxy local`, against the Ory stand-in and a recording upstream:
-//! protected paths, the JWT, the login flow on the proxy's origin, logout, failures, caching.
+//! End to end through the proxy, in the runner and in a real Envoy, against the Ory stand-in and a
+//! recording upstream: protected paths, the JWT, the login flow on the proxy's origin, logout,
+//! failures, caching.
 
 mod common;
 
@@ -7,11 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use common::host::{Host, Proxy};
 use common::{Jar, browser_login, cookie_attributes};
 use http::StatusCode;
-use ory_proxy::local;
-use ory_proxy::plan::{self, Deployment};
-use ory_proxy::proxy::ProxyHandle;
+use ory_proxy::plan::Deployment;
 use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, response, spawn_server};
 use ory_proxy_tests::standin::{DEMO_EMAIL, DEMO_PASSWORD, Fault, RunningStandin, Standin, StandinConfig};
 use p256::ecdsa::signature::Verifier as _;
@@ -27,17 +27,16 @@ struct World {
     standin: RunningStandin,
     app: ServerHandle,
     seen: Seen,
-    proxy: ProxyHandle,
-    base: String,
+    proxy: Proxy,
     client: HttpClient,
 }
 
 impl World {
-    async fn start() -> World {
-        Self::start_with(|_| {}).await
+    async fn start(host: Host) -> World {
+        Self::start_with(host, |_| {}).await
     }
 
-    async fn start_with(adjust: impl FnOnce(&mut Deployment)) -> World {
+    async fn start_with(host: Host, adjust: impl FnOnce(&mut Deployment)) -> World {
         let standin = Standin::start(StandinConfig::default()).await.unwrap();
         let seen: Seen = Arc::default();
         let record = seen.clone();
@@ -49,22 +48,16 @@ impl World {
             }
         })
         .unwrap();
-        // The proxy's own URL must be known to the plan: reserve a port first.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let upstream = url::Url::parse(&format!("http://{}", app.local_addr())).unwrap();
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
-        let mut deployment = Deployment::new(upstream, format!("127.0.0.1:{port}").parse().unwrap(), key);
+        let mut deployment = common::host::deployment(&format!("http://{}", app.local_addr()));
         deployment.ory_url = Some(url::Url::parse(&standin.url()).unwrap());
         deployment.protection.prefixes.push("/members".into());
         adjust(&mut deployment);
-        let plan = plan::plan(&deployment).unwrap();
-        let proxy = local::start(&plan, local::EMBEDDED_FILTER).await.unwrap().spawn().unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        World { standin, app, seen, proxy, base, client: HttpClient::new() }
+        let proxy = Proxy::start(host, &deployment).await;
+        World { standin, app, seen, proxy, client: HttpClient::new() }
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        self.proxy.url(path)
     }
 
     fn app_paths(&self) -> Vec<String> {
@@ -77,7 +70,7 @@ impl World {
     }
 
     async fn stop(self) {
-        self.proxy.shutdown().await.unwrap();
+        self.proxy.stop().await;
         self.app.shutdown().await;
         self.standin.shutdown().await;
     }
@@ -107,126 +100,6 @@ fn bearer(value: Option<String>) -> Option<String> {
     value.and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
 }
 
-#[tokio::test]
-async fn a_browser_without_a_session_is_sent_to_login_with_the_whole_url() {
-    let world = World::start().await;
-    let answer = world.client.get(&world.url("/members/page?a=1&b=x%20y"), &[HTML]).await.unwrap();
-    assert_eq!(answer.status, StatusCode::SEE_OTHER);
-    let location = url::Url::parse(answer.header("location").unwrap()).unwrap();
-    assert_eq!(location.as_str().split('?').next(), Some(world.url("/.ory/self-service/login/browser").as_str()));
-    let pairs: Vec<(String, String)> = location.query_pairs().into_owned().collect();
-    // The query survives whole: `&` did not split return_to, and the original escape is intact.
-    assert_eq!(pairs, [("return_to".to_string(), world.url("/members/page?a=1&b=x%20y"))]);
-    assert!(world.app_paths().is_empty(), "the app must not be reached");
-    world.stop().await;
-}
-
-#[tokio::test]
-async fn an_api_client_without_a_session_gets_401_json() {
-    let world = World::start().await;
-    let answer = world.client.get(&world.url("/members"), &[JSON]).await.unwrap();
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(answer.json().unwrap()["error"]["code"], 401);
-    assert!(world.app_paths().is_empty());
-    world.stop().await;
-}
-
-#[tokio::test]
-async fn the_browser_login_flow_works_on_the_proxy_origin_only() {
-    let world = World::start().await;
-    let mut jar = Jar::default();
-    let return_to = world.url("/members/area?tab=1");
-    let login =
-        browser_login(&world.client, &mut jar, &world.url("/.ory"), DEMO_EMAIL, DEMO_PASSWORD, Some(&return_to)).await;
-    assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.text());
-    assert_eq!(login.header("location"), Some(return_to.as_str()), "back to the protected page");
-    let cookie_name = world.standin.cookie_name().to_string();
-    let set_cookie = login.set_cookie(&cookie_name).expect("the session cookie reaches the browser");
-    let attributes = cookie_attributes(set_cookie);
-    assert!(!attributes.contains_key("domain"), "host-only cookie for the proxy's host: {set_cookie}");
-    assert!(!attributes.contains_key("secure"), "plain HTTP keeps no Secure: {set_cookie}");
-    assert!(jar.cookie(&cookie_name).is_some());
-
-    let page = jar.get(&world.client, &return_to, &[HTML]).await;
-    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
-    let jwt = bearer(world.last_app_header("authorization")).expect("the app gets a Bearer JWT");
-    let claims = world.verified_claims(&jwt).await;
-    let identity = world.standin.identity_id(DEMO_EMAIL).unwrap().to_string();
-    assert_eq!(claims["sub"], identity);
-    assert_eq!(claims["session"]["identity"]["traits"]["email"], DEMO_EMAIL);
-    assert_eq!(claims["iss"], world.standin.url());
-    assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
-
-    // Logout through /.ory/ ends the session and the JWT.
-    let logout = jar.get(&world.client, &world.url("/.ory/self-service/logout/browser"), &[JSON]).await;
-    assert_eq!(logout.status, StatusCode::OK, "{}", logout.text());
-    let logout_url = logout.json().unwrap()["logout_url"].as_str().unwrap().to_string();
-    assert!(logout_url.starts_with(&world.url("/.ory/")), "rewritten onto the proxy: {logout_url}");
-    let done = jar.get(&world.client, &logout_url, &[HTML]).await;
-    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
-    let again = jar.get(&world.client, &return_to, &[HTML]).await;
-    assert_eq!(again.status, StatusCode::SEE_OTHER, "logged out: asked to log in again");
-    assert!(again.header("location").unwrap().contains("/.ory/self-service/login/browser"));
-    world.stop().await;
-}
-
-#[tokio::test]
-async fn the_jwt_replaces_client_authorization_only_with_a_session() {
-    let world = World::start().await;
-    let session = world.standin.create_session(DEMO_EMAIL).unwrap();
-    let with = world
-        .client
-        .get(&world.url("/members"), &[("cookie", &session.cookie), ("authorization", "Bearer client-value")])
-        .await
-        .unwrap();
-    assert_eq!(with.status, StatusCode::OK);
-    let jwt = bearer(world.last_app_header("authorization")).unwrap();
-    assert_ne!(jwt, "client-value");
-    world.verified_claims(&jwt).await;
-
-    let without = world.client.get(&world.url("/public"), &[("authorization", "Bearer api-key-123")]).await.unwrap();
-    assert_eq!(without.status, StatusCode::OK);
-    assert_eq!(world.last_app_header("authorization").as_deref(), Some("Bearer api-key-123"));
-    world.stop().await;
-}
-
-#[tokio::test]
-async fn protected_paths_fail_closed_and_others_fail_open_when_ory_is_down() {
-    let world = World::start().await;
-    let session = world.standin.create_session(DEMO_EMAIL).unwrap();
-    world.standin.set_fault(Fault::Drop);
-    let browser = world.client.get(&world.url("/members"), &[HTML, ("cookie", &session.cookie)]).await.unwrap();
-    assert!(matches!(browser.status.as_u16(), 502 | 503), "{}", browser.status);
-    let api = world.client.get(&world.url("/members"), &[JSON, ("cookie", &session.cookie)]).await.unwrap();
-    assert!(matches!(api.status.as_u16(), 502 | 503), "{}", api.status);
-    assert!(api.json().is_ok(), "API clients get JSON");
-    assert!(world.app_paths().is_empty(), "fail closed: {:?}", world.app_paths());
-
-    let open = world.client.get(&world.url("/public"), &[("cookie", &session.cookie)]).await.unwrap();
-    assert_eq!(open.status, StatusCode::OK);
-    assert_eq!(world.last_app_header("authorization"), None, "no JWT without a session check");
-    world.stop().await;
-}
-
-#[tokio::test]
-async fn concurrent_requests_of_one_session_share_the_whoami_call() {
-    let world = World::start().await;
-    let session = world.standin.create_session(DEMO_EMAIL).unwrap();
-    world.standin.reset_whoami_calls();
-    let requests = (0..100).map(|i| {
-        let client = world.client.clone();
-        let url = world.url(&format!("/members/{i}"));
-        let cookie = session.cookie.clone();
-        async move { client.get(&url, &[("cookie", &cookie)]).await.unwrap().status }
-    });
-    let statuses = futures_util::future::join_all(requests).await;
-    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let calls = world.standin.whoami_calls();
-    assert!(calls >= 1 && calls as usize <= workers, "{calls} whoami calls for 100 requests over {workers} VMs");
-    world.stop().await;
-}
-
 /// Paths that must never reach a protected resource without a session, however they are spelled.
 const ATTACKS: &[&str] = &[
     "/members",
@@ -248,15 +121,131 @@ const ATTACKS: &[&str] = &[
     "/public?next=/members",
 ];
 
-#[tokio::test]
-async fn no_spelling_of_a_protected_path_reaches_the_app_without_a_session() {
-    let world = World::start().await;
-    for attack in ATTACKS {
-        let _ = world.client.get(&world.url(attack), &[JSON]).await;
+both_hosts! {
+    async fn a_browser_without_a_session_is_sent_to_login_with_the_whole_url(host: Host) {
+        let world = World::start(host).await;
+        let answer = world.client.get(&world.url("/members/page?a=1&b=x%20y"), &[HTML]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::SEE_OTHER);
+        let location = url::Url::parse(answer.header("location").unwrap()).unwrap();
+        assert_eq!(location.as_str().split('?').next(), Some(world.url("/.ory/self-service/login/browser").as_str()));
+        let pairs: Vec<(String, String)> = location.query_pairs().into_owned().collect();
+        // The query survives whole: `&` did not split return_to, and the original escape is intact.
+        assert_eq!(pairs, [("return_to".to_string(), world.url("/members/page?a=1&b=x%20y"))]);
+        assert!(world.app_paths().is_empty(), "the app must not be reached");
+        world.stop().await;
     }
-    for path in world.app_paths() {
-        let path_only = path.split('?').next().unwrap_or_default();
-        assert!(!path_only.starts_with("/members"), "{path} reached the app without a session");
+
+    async fn an_api_client_without_a_session_gets_401_json(host: Host) {
+        let world = World::start(host).await;
+        let answer = world.client.get(&world.url("/members"), &[JSON]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer.json().unwrap()["error"]["code"], 401);
+        assert!(world.app_paths().is_empty());
+        world.stop().await;
     }
-    world.stop().await;
+
+    async fn the_browser_login_flow_works_on_the_proxy_origin_only(host: Host) {
+        let world = World::start(host).await;
+        let mut jar = Jar::default();
+        let return_to = world.url("/members/area?tab=1");
+        let login =
+            browser_login(&world.client, &mut jar, &world.url("/.ory"), DEMO_EMAIL, DEMO_PASSWORD, Some(&return_to)).await;
+        assert_eq!(login.status, StatusCode::SEE_OTHER, "{}", login.text());
+        assert_eq!(login.header("location"), Some(return_to.as_str()), "back to the protected page");
+        let cookie_name = world.standin.cookie_name().to_string();
+        let set_cookie = login.set_cookie(&cookie_name).expect("the session cookie reaches the browser");
+        let attributes = cookie_attributes(set_cookie);
+        assert!(!attributes.contains_key("domain"), "host-only cookie for the proxy's host: {set_cookie}");
+        assert!(!attributes.contains_key("secure"), "plain HTTP keeps no Secure: {set_cookie}");
+        assert!(jar.cookie(&cookie_name).is_some());
+
+        let page = jar.get(&world.client, &return_to, &[HTML]).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+        let jwt = bearer(world.last_app_header("authorization")).expect("the app gets a Bearer JWT");
+        let claims = world.verified_claims(&jwt).await;
+        let identity = world.standin.identity_id(DEMO_EMAIL).unwrap().to_string();
+        assert_eq!(claims["sub"], identity);
+        assert_eq!(claims["session"]["identity"]["traits"]["email"], DEMO_EMAIL);
+        assert_eq!(claims["iss"], world.standin.url());
+        assert_eq!(claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(), 60);
+
+        // Logout through /.ory/ ends the session and the JWT.
+        let logout = jar.get(&world.client, &world.url("/.ory/self-service/logout/browser"), &[JSON]).await;
+        assert_eq!(logout.status, StatusCode::OK, "{}", logout.text());
+        let logout_url = logout.json().unwrap()["logout_url"].as_str().unwrap().to_string();
+        assert!(logout_url.starts_with(&world.url("/.ory/")), "rewritten onto the proxy: {logout_url}");
+        let done = jar.get(&world.client, &logout_url, &[HTML]).await;
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
+        let again = jar.get(&world.client, &return_to, &[HTML]).await;
+        assert_eq!(again.status, StatusCode::SEE_OTHER, "logged out: asked to log in again");
+        assert!(again.header("location").unwrap().contains("/.ory/self-service/login/browser"));
+        world.stop().await;
+    }
+
+    async fn the_jwt_replaces_client_authorization_only_with_a_session(host: Host) {
+        let world = World::start(host).await;
+        let session = world.standin.create_session(DEMO_EMAIL).unwrap();
+        let with = world
+            .client
+            .get(&world.url("/members"), &[("cookie", &session.cookie), ("authorization", "Bearer client-value")])
+            .await
+            .unwrap();
+        assert_eq!(with.status, StatusCode::OK);
+        let jwt = bearer(world.last_app_header("authorization")).unwrap();
+        assert_ne!(jwt, "client-value");
+        world.verified_claims(&jwt).await;
+
+        let without = world.client.get(&world.url("/public"), &[("authorization", "Bearer api-key-123")]).await.unwrap();
+        assert_eq!(without.status, StatusCode::OK);
+        assert_eq!(world.last_app_header("authorization").as_deref(), Some("Bearer api-key-123"));
+        world.stop().await;
+    }
+
+    async fn protected_paths_fail_closed_and_others_fail_open_when_ory_is_down(host: Host) {
+        let world = World::start(host).await;
+        let session = world.standin.create_session(DEMO_EMAIL).unwrap();
+        world.standin.set_fault(Fault::Drop);
+        let browser = world.client.get(&world.url("/members"), &[HTML, ("cookie", &session.cookie)]).await.unwrap();
+        assert!(matches!(browser.status.as_u16(), 502 | 503), "{}", browser.status);
+        let api = world.client.get(&world.url("/members"), &[JSON, ("cookie", &session.cookie)]).await.unwrap();
+        assert!(matches!(api.status.as_u16(), 502 | 503), "{}", api.status);
+        assert!(api.json().is_ok(), "API clients get JSON");
+        assert!(world.app_paths().is_empty(), "fail closed: {:?}", world.app_paths());
+
+        let open = world.client.get(&world.url("/public"), &[("cookie", &session.cookie)]).await.unwrap();
+        assert_eq!(open.status, StatusCode::OK);
+        assert_eq!(world.last_app_header("authorization"), None, "no JWT without a session check");
+        world.stop().await;
+    }
+
+    async fn concurrent_requests_of_one_session_share_the_whoami_call(host: Host) {
+        let world = World::start(host).await;
+        let session = world.standin.create_session(DEMO_EMAIL).unwrap();
+        world.standin.reset_whoami_calls();
+        let requests = (0..100).map(|i| {
+            let client = world.client.clone();
+            let url = world.url(&format!("/members/{i}"));
+            let cookie = session.cookie.clone();
+            async move { client.get(&url, &[("cookie", &cookie)]).await.unwrap().status }
+        });
+        let statuses = futures_util::future::join_all(requests).await;
+        assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+        let workers = world.proxy.vms();
+        let calls = world.standin.whoami_calls();
+        assert!(calls >= 1 && calls as usize <= workers, "{calls} whoami calls for 100 requests over {workers} VMs");
+        world.stop().await;
+    }
+
+
+    async fn no_spelling_of_a_protected_path_reaches_the_app_without_a_session(host: Host) {
+        let world = World::start(host).await;
+        for attack in ATTACKS {
+            let _ = world.client.get(&world.url(attack), &[JSON]).await;
+        }
+        for path in world.app_paths() {
+            let path_only = path.split('?').next().unwrap_or_default();
+            assert!(!path_only.starts_with("/members"), "{path} reached the app without a session");
+        }
+        world.stop().await;
+    }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod host;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
 

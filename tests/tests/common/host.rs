@@ -1,0 +1,185 @@
+//! The proxy under test, in either host: the runner (`ory-proxy local`, in this process) or a
+//! real Envoy started from the bootstrap `ory-proxy envoy-config` prints for the same deployment.
+//! Tests are written once against [`Proxy`] and run in both through [`both_hosts!`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use ory_proxy::envoy::{EnvoyOptions, bootstrap_yaml};
+use ory_proxy::local;
+use ory_proxy::plan::{self, Deployment};
+use ory_proxy::proxy::ProxyHandle;
+use ory_proxy_tests::envoy::{EnvoyStart, RunningEnvoy};
+
+/// Which proxy-wasm host runs the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Host {
+    Runner,
+    Envoy,
+}
+
+/// Worker threads Envoy runs in the tests: more than one, so that every test also checks that
+/// what must be process-wide (key, cache) is shared across VMs.
+pub const ENVOY_WORKERS: u32 = 2;
+
+/// A filter module to run.
+#[derive(Debug, Clone, Copy)]
+pub enum Filter {
+    /// The ory-proxy filter built with the runner.
+    Embedded,
+    /// One of `test-filters/` (by crate name without the `test-filter-` prefix).
+    Test(&'static str),
+}
+
+impl Filter {
+    fn bytes(self) -> Vec<u8> {
+        match self {
+            Filter::Embedded => local::EMBEDDED_FILTER.to_vec(),
+            Filter::Test(name) => std::fs::read(self.path()).unwrap_or_else(|e| panic!("test filter {name}: {e}")),
+        }
+    }
+
+    /// A file Envoy can load.
+    fn path(self) -> PathBuf {
+        match self {
+            Filter::Embedded => {
+                static WRITTEN: OnceLock<PathBuf> = OnceLock::new();
+                WRITTEN
+                    .get_or_init(|| {
+                        let path = std::env::temp_dir().join(format!("ory-proxy-filter-{}.wasm", std::process::id()));
+                        std::fs::write(&path, local::EMBEDDED_FILTER).expect("writing the filter for Envoy");
+                        path
+                    })
+                    .clone()
+            }
+            Filter::Test(name) => {
+                PathBuf::from(format!("{}/test_filter_{}.wasm", local::TEST_FILTERS_DIR, name.replace('-', "_")))
+            }
+        }
+    }
+}
+
+/// A running proxy: the same questions answered for either host.
+pub struct Proxy {
+    pub host: Host,
+    pub addr: SocketAddr,
+    running: Running,
+}
+
+enum Running {
+    Runner(ProxyHandle),
+    Envoy(RunningEnvoy),
+}
+
+/// A free loopback port: the plan needs the proxy's real port for its public URL.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A deployment of `upstream` on a free loopback port, signing with a fresh key.
+pub fn deployment(upstream: &str) -> Deployment {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
+    let upstream = url::Url::parse(upstream).unwrap();
+    Deployment::new(upstream, SocketAddr::from(([127, 0, 0, 1], free_port())), key)
+}
+
+impl Proxy {
+    /// Runs `deployment` with the embedded filter.
+    pub async fn start(host: Host, deployment: &Deployment) -> Proxy {
+        Proxy::start_filter(host, deployment, Filter::Embedded).await
+    }
+
+    /// Runs `deployment` with `filter`, in `host`.
+    pub async fn start_filter(host: Host, deployment: &Deployment, filter: Filter) -> Proxy {
+        Proxy::start_with(host, deployment, filter, &EnvoyOptions::default()).await
+    }
+
+    /// Runs `deployment`; `envoy` are the `envoy-config` options beyond the plan (the module path
+    /// and admin port are the fixture's).
+    pub async fn start_with(host: Host, deployment: &Deployment, filter: Filter, envoy: &EnvoyOptions) -> Proxy {
+        let plan = plan::plan(deployment).expect("a valid deployment");
+        match host {
+            Host::Runner => {
+                let handle = local::start(&plan, &filter.bytes()).await.unwrap().spawn().unwrap();
+                Proxy { host, addr: handle.addr, running: Running::Runner(handle) }
+            }
+            Host::Envoy => {
+                let admin_port = free_port();
+                let options = EnvoyOptions {
+                    module_path: filter.path().display().to_string(),
+                    admin_port: Some(admin_port),
+                    ..envoy.clone()
+                };
+                let start = EnvoyStart {
+                    bootstrap: bootstrap_yaml(&plan, &options),
+                    admin_port,
+                    listen: plan.listen,
+                    concurrency: ENVOY_WORKERS,
+                    env: Vec::new(),
+                };
+                let envoy = RunningEnvoy::start(start).await.unwrap_or_else(|error| panic!("{error:#}"));
+                Proxy { host, addr: plan.listen, running: Running::Envoy(envoy) }
+            }
+        }
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// How many VMs of the filter serve requests (the most whoami calls one session may cost
+    /// when its requests arrive all at once).
+    pub fn vms(&self) -> usize {
+        match &self.running {
+            Running::Runner(_) => ory_proxy::proxy::PoolOptions::default().workers,
+            Running::Envoy(envoy) => envoy.concurrency as usize,
+        }
+    }
+
+    /// The Envoy process, when that is the host.
+    pub fn envoy(&self) -> Option<&RunningEnvoy> {
+        match &self.running {
+            Running::Envoy(envoy) => Some(envoy),
+            Running::Runner(_) => None,
+        }
+    }
+
+    pub async fn stop(self) {
+        match self.running {
+            Running::Runner(handle) => handle.shutdown().await.unwrap(),
+            Running::Envoy(envoy) => envoy.shutdown(),
+        }
+    }
+}
+
+/// Writes a test once and runs it against both hosts: `name::runner` and `name::envoy`.
+///
+/// ```ignore
+/// both_hosts! {
+///     async fn answers_jwks(host: Host) { ... }
+/// }
+/// ```
+#[macro_export]
+macro_rules! both_hosts {
+    ($($(#[$meta:meta])* async fn $name:ident($host:ident: Host) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn scenario($host: $crate::common::host::Host) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn runner() {
+                scenario($crate::common::host::Host::Runner).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn envoy() {
+                scenario($crate::common::host::Host::Envoy).await
+            }
+        }
+    )*};
+}
