@@ -115,10 +115,6 @@ pub struct EnvoyArgs {
     #[arg(long, value_name = "PORT")]
     pub admin_port: Option<u16>,
 
-    /// The CA bundle Envoy verifies HTTPS upstreams (Ory Network, an https app) against.
-    #[arg(long, value_name = "FILE", default_value = crate::envoy::DEFAULT_CA_FILE)]
-    pub upstream_ca_file: String,
-
     /// Write the configuration to this file (readable by its owner only) instead of printing it.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -126,11 +122,7 @@ pub struct EnvoyArgs {
 
 impl EnvoyArgs {
     pub fn options(&self) -> crate::envoy::EnvoyOptions {
-        crate::envoy::EnvoyOptions {
-            module_path: self.module_path.clone(),
-            admin_port: self.admin_port,
-            ca_file: self.upstream_ca_file.clone(),
-        }
+        crate::envoy::EnvoyOptions { module_path: self.module_path.clone(), admin_port: self.admin_port }
     }
 
     /// The plan `ory-proxy local` would run with these flags, as Envoy YAML.
@@ -231,6 +223,12 @@ pub struct LocalArgs {
     /// Send your app its own host name in Host instead of the proxy's.
     #[arg(long)]
     pub rewrite_host: bool,
+
+    /// Verify HTTPS upstreams (Ory, an https app) against the CA certificates in this PEM file
+    /// only, instead of the usual public roots (the runner: Mozilla's, built in; Envoy:
+    /// /etc/ssl/certs/ca-certificates.crt). For a self-hosted Kratos with a private CA.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
 
     /// Run this proxy-wasm filter instead of the built-in one.
     #[arg(long, value_name = "FILE.wasm")]
@@ -349,6 +347,7 @@ impl LocalArgs {
             allowed_cors_origins: self.allowed_cors_origins.clone(),
             additional_cors_headers: self.additional_cors_headers.clone(),
             rewrite_host: self.rewrite_host,
+            upstream_ca_file: self.upstream_ca_file.clone(),
             signing_key,
         })
     }

@@ -19,8 +19,8 @@ use crate::proxy::{Cluster, Route};
 
 /// Where the official Envoy image (and most installs) find the module unless told otherwise.
 pub const DEFAULT_MODULE_PATH: &str = "/etc/envoy/ory_proxy_filter.wasm";
-/// The CA bundle Envoy verifies HTTPS upstreams against: Debian's and Ubuntu's path, which the
-/// `envoyproxy/envoy` image has.
+/// The CA bundle Envoy verifies HTTPS upstreams against unless `--upstream-ca-file` names
+/// another: Debian's and Ubuntu's path, which the `envoyproxy/envoy` image has.
 pub const DEFAULT_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The key that signs the checked-in example (`envoy/demo-signing-key.pem`). It is public, so a
@@ -48,13 +48,11 @@ pub struct EnvoyOptions {
     pub module_path: String,
     /// Serve Envoy's admin interface on `127.0.0.1:<port>`; none when `None`.
     pub admin_port: Option<u16>,
-    /// The CA bundle for verifying `https` upstreams.
-    pub ca_file: String,
 }
 
 impl Default for EnvoyOptions {
     fn default() -> EnvoyOptions {
-        EnvoyOptions { module_path: DEFAULT_MODULE_PATH.into(), admin_port: None, ca_file: DEFAULT_CA_FILE.into() }
+        EnvoyOptions { module_path: DEFAULT_MODULE_PATH.into(), admin_port: None }
     }
 }
 
@@ -96,7 +94,8 @@ pub fn bootstrap(plan: &Plan, options: &EnvoyOptions) -> Node {
     if let Some(port) = options.admin_port {
         root.push(("admin", map([("address", socket_address("127.0.0.1", port))])));
     }
-    let clusters = plan.clusters.iter().map(|cluster| envoy_cluster(cluster, options)).collect();
+    let ca_file = plan.upstream_ca_file.as_ref().map_or(DEFAULT_CA_FILE.to_string(), |f| f.display().to_string());
+    let clusters = plan.clusters.iter().map(|cluster| envoy_cluster(cluster, &ca_file)).collect();
     root.push((
         "static_resources",
         map([("listeners", Node::List(vec![listener(plan, options)])), ("clusters", Node::List(clusters))]),
@@ -174,6 +173,12 @@ fn wasm_filter(plan: &Plan, options: &EnvoyOptions) -> Node {
     let config = map([
         ("name", FILTER_NAME.into()),
         ("root_id", FILTER_NAME.into()),
+        // A VM that traps is replaced, as the runner does, instead of failing every later
+        // request with 503 (FAIL_CLOSED). Envoy reloads only once a random interval below the
+        // backoff has passed since the VM was loaded; requests before that still get 503. (A
+        // base interval of 1ms crashed Envoy 1.40 with SIGFPE on the second trap.)
+        ("failure_policy", "FAIL_RELOAD".into()),
+        ("reload_config", map([("backoff", map([("base_interval", "0.1s".into()), ("max_interval", "0.1s".into())]))])),
         (
             "vm_config",
             map([
@@ -199,7 +204,7 @@ fn router_filter() -> Node {
     map([("name", "envoy.filters.http.router".into()), ("typed_config", map([("@type", type_url::ROUTER.into())]))])
 }
 
-fn envoy_cluster(cluster: &Cluster, options: &EnvoyOptions) -> Node {
+fn envoy_cluster(cluster: &Cluster, ca_file: &str) -> Node {
     let url = &cluster.url;
     let host = url.host().expect("clusters have a host");
     let port = url.port_or_known_default().expect("http and https have default ports");
@@ -232,18 +237,18 @@ fn envoy_cluster(cluster: &Cluster, options: &EnvoyOptions) -> Node {
         ]),
     ));
     if url.scheme() == "https" {
-        fields.push(("transport_socket", upstream_tls(url, &address, options)));
+        fields.push(("transport_socket", upstream_tls(url, &address, ca_file)));
     }
     Node::map(fields)
 }
 
 /// TLS to an upstream, verified: the certificate must chain to the CA bundle and name the host.
 /// Without a validation context Envoy would accept any certificate.
-fn upstream_tls(url: &Url, address: &str, options: &EnvoyOptions) -> Node {
+fn upstream_tls(url: &Url, address: &str, ca_file: &str) -> Node {
     let is_name = matches!(url.host(), Some(Host::Domain(_)));
     let san_type = if is_name { "DNS" } else { "IP_ADDRESS" };
     let validation = map([
-        ("trusted_ca", map([("filename", options.ca_file.as_str().into())])),
+        ("trusted_ca", map([("filename", ca_file.into())])),
         (
             "match_typed_subject_alt_names",
             Node::List(vec![map([("san_type", san_type.into()), ("matcher", map([("exact", address.into())]))])]),

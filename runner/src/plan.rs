@@ -3,6 +3,7 @@
 //! the same plan for Envoy, so both hosts get the same filter configuration by construction.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -52,6 +53,8 @@ pub struct Deployment {
     pub additional_cors_headers: Vec<String>,
     /// Send the app its own host name instead of the browser's.
     pub rewrite_host: bool,
+    /// Trust only these CA certificates (PEM) for HTTPS upstreams.
+    pub upstream_ca_file: Option<PathBuf>,
     /// The ES256 key as PEM (or a private JWK).
     pub signing_key: String,
 }
@@ -76,6 +79,7 @@ impl Deployment {
             allowed_cors_origins: Vec::new(),
             additional_cors_headers: Vec::new(),
             rewrite_host: false,
+            upstream_ca_file: None,
             signing_key,
         }
     }
@@ -88,6 +92,8 @@ pub struct Plan {
     pub public_url: Url,
     pub clusters: Vec<Cluster>,
     pub routes: Vec<Route>,
+    /// The CA certificates (PEM) HTTPS upstreams are verified against, instead of the usual roots.
+    pub upstream_ca_file: Option<PathBuf>,
     /// The filter's configuration; [`Plan::filter_configuration`] is its exact bytes.
     pub filter: Value,
 }
@@ -202,7 +208,14 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
     } else if !deployment.protection.is_empty() {
         bail!("protecting paths needs to know where Ory is: set --sdk-url (or ORY_SDK_URL)");
     }
-    Ok(Plan { listen: deployment.listen, public_url: deployment.public_url.clone(), clusters, routes, filter })
+    Ok(Plan {
+        listen: deployment.listen,
+        public_url: deployment.public_url.clone(),
+        clusters,
+        routes,
+        upstream_ca_file: deployment.upstream_ca_file.clone(),
+        filter,
+    })
 }
 
 /// Whether binding to this address makes the proxy reachable from other machines.

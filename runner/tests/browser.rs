@@ -1,17 +1,22 @@
-//! A real browser: headless Chromium, driven over WebDriver, trusts the proxy's local CA only
-//! because `ory-proxy local` installed it into the (temporary) HOME's NSS database — no flag
-//! that ignores certificate errors. It opens the protected page, logs in through `/.ory/`, sees
-//! the demo app greet the user from the verified JWT, logs out, and is asked to log in again.
+//! A real browser, through each host. Headless Chromium, driven over WebDriver, opens the
+//! protected page, logs in through `/.ory/`, sees the demo app greet the user from the verified
+//! JWT, logs out, and is asked to log in again:
+//! - through `ory-proxy local` over HTTPS, trusting the proxy's local CA only because the proxy
+//!   installed it into the (temporary) HOME's NSS database — no flag that ignores certificate
+//!   errors;
+//! - through a real Envoy started from what `ory-proxy envoy-config` prints for the same flags,
+//!   over plain HTTP (TLS and the local CA are the runner's alone).
 //!
-//! Needs `chromium`, `chromedriver` and `certutil`; `make test` installs them.
+//! Needs `chromium`, `chromedriver`, `certutil` and Envoy; `make test` installs them.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
 use ory_proxy_tests::demo_app::{DemoApp, DemoAppConfig};
+use ory_proxy_tests::envoy::{EnvoyStart, RunningEnvoy};
 use ory_proxy_tests::standin::{DEMO_EMAIL, DEMO_PASSWORD, Standin, StandinConfig};
 
 /// Kills a child process when the test ends, however it ends.
@@ -46,8 +51,8 @@ fn tool(name: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
-fn temp_home() -> PathBuf {
-    let home = std::env::temp_dir().join(format!("ory-proxy-browser-{}", std::process::id()));
+fn temp_home(name: &str) -> PathBuf {
+    let home = std::env::temp_dir().join(format!("ory-proxy-browser-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&home);
     std::fs::create_dir_all(&home).unwrap();
     home
@@ -59,14 +64,9 @@ fn nss_has_ca(home: &Path) -> bool {
     listing.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("ory-proxy"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn chromium_logs_in_through_the_proxy_and_the_app_sees_the_user() {
-    let chromium = tool("chromium");
-    let chromedriver = tool("chromedriver");
-    let home = temp_home();
-
+/// The demo: the stand-in, and the demo app that trusts the proxy's JWKS on `proxy_port`.
+async fn demo(proxy_port: u16) -> (ory_proxy_tests::RunningStandin, ory_proxy_tests::RunningDemoApp) {
     let standin = Standin::start(StandinConfig::default()).await.unwrap();
-    let proxy_port = free_port();
     let app = DemoApp::start(DemoAppConfig {
         port: 0,
         jwks_url: format!("http://127.0.0.1:{proxy_port}/.ory/jwks.json"),
@@ -76,7 +76,18 @@ async fn chromium_logs_in_through_the_proxy_and_the_app_sees_the_user() {
     })
     .await
     .unwrap();
+    (standin, app)
+}
 
+/// One browser at a time: two Chromiums on two cores make both slow enough to time out.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_logs_in_and_out_through_the_runner_over_https() {
+    let _browser = ONE_BROWSER.lock().await;
+    let home = temp_home("runner");
+    let proxy_port = free_port();
+    let (standin, app) = demo(proxy_port).await;
     let mut proxy = Reaped(
         Command::new(env!("CARGO_BIN_EXE_ory-proxy"))
             .args(["local", &format!("http://{}", app.local_addr()), "--port", &proxy_port.to_string()])
@@ -96,12 +107,66 @@ async fn chromium_logs_in_through_the_proxy_and_the_app_sees_the_user() {
         assert!(Instant::now() < deadline, "ory-proxy installed its CA into $HOME/.pki/nssdb");
         std::thread::sleep(Duration::from_millis(200));
     }
+    let result = log_in_and_out(&home, &format!("https://localhost:{proxy_port}")).await;
+    drop(proxy);
+    app.shutdown().await;
+    standin.shutdown().await;
+    let _ = std::fs::remove_dir_all(&home);
+    result.expect("the browser flow through the runner");
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_logs_in_and_out_through_envoy() {
+    let _browser = ONE_BROWSER.lock().await;
+    let home = temp_home("envoy");
+    let proxy_port = free_port();
+    let admin_port = free_port();
+    let (standin, app) = demo(proxy_port).await;
+    let module = home.join("ory_proxy_filter.wasm");
+    std::fs::write(&module, ory_proxy::local::EMBEDDED_FILTER).unwrap();
+    let config = home.join("envoy.yaml");
+    let made = Command::new(env!("CARGO_BIN_EXE_ory-proxy"))
+        .args(["envoy-config", &format!("http://{}", app.local_addr()), "--port", &proxy_port.to_string()])
+        .args(["--sdk-url", &standin.url(), "--protect-path-prefix", "/members"])
+        .args(["--module-path", module.to_str().unwrap(), "--admin-port", &admin_port.to_string()])
+        .arg("-o")
+        .arg(&config)
+        .env("ORY_PROXY_HOME", home.join(".config/ory-proxy"))
+        .env_remove("ORY_PROJECT_API_KEY")
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "envoy-config: {}", String::from_utf8_lossy(&made.stderr));
+    let envoy = RunningEnvoy::start(EnvoyStart {
+        bootstrap: std::fs::read_to_string(&config).unwrap(),
+        admin_port,
+        listen: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
+        concurrency: 2,
+        env: Vec::new(),
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error:#}"));
+    let result = log_in_and_out(&home, &format!("http://localhost:{proxy_port}")).await;
+    let log = envoy.log_tail(40);
+    envoy.shutdown();
+    app.shutdown().await;
+    standin.shutdown().await;
+    let _ = std::fs::remove_dir_all(&home);
+    if let Err(error) = &result {
+        panic!("the browser flow through Envoy: {error}\nEnvoy's log:\n{log}");
+    }
+}
+
+/// Chromium on the proxy at `origin`: the protected page sends it to Ory's login on the proxy's
+/// origin; after logging in the demo app greets the user from the JWT; after logging out the
+/// protected page asks for a login again.
+async fn log_in_and_out(home: &Path, origin: &str) -> Result<(), fantoccini::error::CmdError> {
+    let chromium = tool("chromium");
+    let chromedriver = tool("chromedriver");
     let driver_port = free_port();
     let mut driver = Reaped(
         Command::new(&chromedriver)
             .arg(format!("--port={driver_port}"))
-            .env("HOME", &home)
+            .env("HOME", home)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -129,11 +194,11 @@ async fn chromium_logs_in_through_the_proxy_and_the_app_sees_the_user() {
         .expect("chromedriver session");
 
     let result = async {
-        let members = format!("https://localhost:{proxy_port}/members");
+        let members = format!("{origin}/members");
         browser.goto(&members).await?;
         // Sent to the stand-in's login page, on the proxy's origin.
         let url = browser.current_url().await?;
-        assert!(url.as_str().starts_with(&format!("https://localhost:{proxy_port}/.ory/")), "login page: {url}");
+        assert!(url.as_str().starts_with(&format!("{origin}/.ory/")), "login page: {url}");
         browser.find(Locator::Css("input[name=identifier]")).await?.send_keys(DEMO_EMAIL).await?;
         browser.find(Locator::Css("input[name=password]")).await?.send_keys(DEMO_PASSWORD).await?;
         browser.find(Locator::Css("button[type=submit]")).await?.click().await?;
@@ -153,11 +218,7 @@ async fn chromium_logs_in_through_the_proxy_and_the_app_sees_the_user() {
     .await;
     let _ = browser.close().await;
     drop(driver);
-    drop(proxy);
-    app.shutdown().await;
-    standin.shutdown().await;
-    let _ = std::fs::remove_dir_all(&home);
-    result.expect("the browser flow");
+    result
 }
 
 /// Polls until the page satisfies `done` (redirects and form posts take a moment).

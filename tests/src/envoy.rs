@@ -131,6 +131,23 @@ impl RunningEnvoy {
         }))
     }
 
+    /// The process id (for reading its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How many connections each worker has accepted on the listener, worker by worker (from the
+    /// listener's per-worker stats).
+    pub async fn connections_per_worker(&self) -> Result<Vec<u64>> {
+        let listener = format!("listener.{}_{}", self.listen.ip(), self.listen.port());
+        let mut counts = Vec::new();
+        for worker in 0..self.concurrency {
+            let name = format!("{listener}.worker_{worker}.downstream_cx_total");
+            counts.push(self.stat(&name).await?.with_context(|| format!("Envoy has no stat {name}"))?);
+        }
+        Ok(counts)
+    }
+
     /// Envoy's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()

@@ -248,4 +248,48 @@ both_hosts! {
         }
         world.stop().await;
     }
+
+    async fn a_session_is_shared_by_every_worker_and_logout_ends_it_everywhere(host: Host) {
+        let world = World::start(host).await;
+        let session = world.standin.create_session(DEMO_EMAIL).unwrap();
+        world.standin.reset_whoami_calls();
+        // A new connection for every request, so that every worker (Envoy: one VM each) serves
+        // some of them.
+        for i in 0..20 {
+            let answer = HttpClient::new().get(&world.url(&format!("/members/{i}")), &[("cookie", &session.cookie)]).await;
+            assert_eq!(answer.unwrap().status, StatusCode::OK, "request {i}");
+        }
+        if let Some(envoy) = world.proxy.envoy() {
+            let per_worker = envoy.connections_per_worker().await.unwrap();
+            assert!(per_worker.iter().all(|&n| n > 0), "every worker served connections: {per_worker:?}");
+        }
+        assert_eq!(world.standin.whoami_calls(), 1, "one whoami call: the answer is cached for every worker");
+        let tokens: Vec<String> = {
+            let seen = world.seen.lock().unwrap();
+            seen.iter().filter_map(|(_, h)| h.get("authorization")?.to_str().ok().map(str::to_string)).collect()
+        };
+        assert_eq!(tokens.len(), 20);
+        assert!(tokens.iter().all(|t| t == &tokens[0]), "one JWT, signed once and reused by every worker");
+        world.verified_claims(bearer(Some(tokens[0].clone())).as_deref().unwrap()).await;
+
+        // Logging out through the proxy evicts the session for every worker at once (the cache
+        // would otherwise keep answering for it until its TTL).
+        let mut jar = Jar::default();
+        jar.set(&world.standin.cookie_name(), &session.token);
+        let logout = jar.get(&world.client, &world.url("/.ory/self-service/logout/browser"), &[JSON]).await;
+        assert_eq!(logout.status, StatusCode::OK, "{}", logout.text());
+        let logout_url = logout.json().unwrap()["logout_url"].as_str().unwrap().to_string();
+        let done = HttpClient::new().get(&logout_url, &[("cookie", &session.cookie)]).await.unwrap();
+        assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
+        let reached = world.app_paths().len();
+        for i in 0..20 {
+            let answer =
+                HttpClient::new().get(&world.url(&format!("/members/{i}")), &[HTML, ("cookie", &session.cookie)]).await;
+            let answer = answer.unwrap();
+            assert_eq!(answer.status, StatusCode::SEE_OTHER, "request {i} after logout");
+            assert!(answer.header("location").unwrap().contains("/.ory/self-service/login/browser"));
+        }
+        assert_eq!(world.app_paths().len(), reached, "no request reached the app after logout");
+        world.stop().await;
+    }
 }

@@ -304,7 +304,7 @@ impl Harness {
                         Ok(step) => self.record(context, step),
                         Err(error) => {
                             if let Some((_, recorded)) = self.exchanges.get_mut(&context) {
-                                recorded.failed = Some((500, "the filter failed"));
+                                recorded.failed = Some((503, "the filter failed"));
                             }
                             tracing::error!("{error}");
                         }

@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
@@ -29,6 +31,25 @@ pub enum UpstreamError {
     Timeout(String),
     #[error("{cluster} could not be reached: {reason}")]
     Unreachable { cluster: String, reason: String },
+    #[error("no route for this path")]
+    NoRoute,
+}
+
+impl UpstreamError {
+    /// What the client is told, as Envoy's router answers the same failure (404 without a route,
+    /// 503 when the cluster cannot be reached, 504 on a timeout), in words rather than with the
+    /// internal error, which is logged instead.
+    pub fn client_answer(&self) -> (u16, String) {
+        match self {
+            UpstreamError::NoRoute => (404, "No route for this path.".to_string()),
+            UpstreamError::Timeout(cluster) => (504, format!("The upstream `{cluster}` did not answer in time.")),
+            UpstreamError::Unreachable { cluster, .. } => {
+                (503, format!("The upstream `{cluster}` could not be reached."))
+            }
+            UpstreamError::UnknownCluster(cluster) => (503, format!("There is no upstream `{cluster}`.")),
+            UpstreamError::BadRequest(_) => (502, "The request could not be passed on to the upstream.".to_string()),
+        }
+    }
 }
 
 /// Where a request goes: a cluster, the path there, and what to change on the way.
@@ -40,6 +61,26 @@ pub struct Destination<'a> {
     pub host: Option<&'a str>,
     /// The protocol the client asked to switch to (WebSocket), passed on as `Upgrade`.
     pub protocol_upgrade: Option<&'a HeaderValue>,
+}
+
+/// A TLS client configuration that trusts exactly the CA certificates in the PEM file at `path`.
+fn tls_config_trusting(path: &Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let what = || format!("--upstream-ca-file {}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("{}: cannot read it", what()))? {
+        let cert = cert.with_context(|| format!("{}: not a PEM certificate file", what()))?;
+        roots.add(cert).with_context(|| format!("{}: a certificate that cannot be a CA", what()))?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("{}: holds no certificate", what());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -54,17 +95,19 @@ pub struct Clusters {
 }
 
 impl Clusters {
-    pub fn new(clusters: Vec<Cluster>) -> anyhow::Result<Clusters> {
+    /// `trusted_ca`: verify HTTPS upstreams against the CA certificates in this PEM file only,
+    /// instead of Mozilla's roots.
+    pub fn new(clusters: Vec<Cluster>, trusted_ca: Option<&Path>) -> anyhow::Result<Clusters> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(Duration::from_secs(10)));
         http.set_nodelay(true);
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match trusted_ca {
+            None => builder.with_webpki_roots(),
+            Some(path) => builder.with_tls_config(tls_config_trusting(path)?),
+        };
+        let tls = builder.https_or_http().enable_http1().enable_http2().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(tls);
         let clusters = clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
         Ok(Clusters { clusters, client })

@@ -45,6 +45,10 @@ fn channel_body() -> (FrameSender, Body) {
     (sender, StreamBody::new(stream).boxed_unsync())
 }
 
+/// What a request gets when the filter failed on it: 503, as in Envoy (whose body is empty; this
+/// one says what failed).
+const FILTER_FAILED: (StatusCode, &str) = (StatusCode::SERVICE_UNAVAILABLE, "The proxy's filter failed.");
+
 /// A response the proxy makes without the filter (the filter itself failed).
 pub fn plain_response(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(full(format!("{message}\n")));
@@ -139,7 +143,7 @@ pub async fn drive(
         Ok(opened) => opened,
         Err(error) => {
             tracing::error!(%error, "the filter could not take the request");
-            let _ = respond.send(plain_response(StatusCode::INTERNAL_SERVER_ERROR, "The proxy's filter failed."));
+            let _ = respond.send(plain_response(FILTER_FAILED.0, FILTER_FAILED.1));
             return;
         }
     };
@@ -178,7 +182,7 @@ impl Driver {
             tokio::select! {
                 signal = self.lease.signals.recv() => match signal {
                     Some(Signal::Effect(effect)) => self.step(move |exchange, vm| exchange.apply(vm, effect)).await,
-                    Some(Signal::VmFailed) | None => self.fail(StatusCode::INTERNAL_SERVER_ERROR, "The proxy's filter failed."),
+                    Some(Signal::VmFailed) | None => self.fail(FILTER_FAILED.0, FILTER_FAILED.1),
                 },
                 frame = next_frame(&mut self.request_body), if self.request_body.is_some() => {
                     let (data, end) = match frame {
@@ -251,7 +255,7 @@ impl Driver {
             Err(error) => {
                 tracing::error!(%error, "the filter failed on a request");
                 self.exchange = None;
-                self.fail(StatusCode::INTERNAL_SERVER_ERROR, "The proxy's filter failed.");
+                self.fail(FILTER_FAILED.0, FILTER_FAILED.1);
             }
         }
     }
@@ -302,7 +306,7 @@ impl Driver {
     fn start_upstream(&mut self, headers: HeaderList, end: bool) {
         let path = headers.get_str(":path").unwrap_or("/").to_string();
         let Some(route) = route_for(&self.shared.routes, &path).cloned() else {
-            self.upstream = Some(Box::pin(async { Err(UpstreamError::BadRequest("no route".into())) }));
+            self.upstream = Some(Box::pin(async { Err(UpstreamError::NoRoute) }));
             return;
         };
         let body = if end {
@@ -329,7 +333,8 @@ impl Driver {
         }));
     }
 
-    /// The upstream's answer, or its failure as a 502/504 that still goes through the filter.
+    /// The upstream's answer, or its failure as an error response that still goes through the
+    /// filter.
     async fn upstream_answered(&mut self, response: Result<Response<Incoming>, UpstreamError>) {
         match response {
             Ok(mut response) => {
@@ -347,13 +352,8 @@ impl Driver {
                 self.step(move |exchange, vm| exchange.response_headers(vm, headers, end)).await;
             }
             Err(error) => {
-                let (status, message) = match &error {
-                    UpstreamError::Timeout(_) => (504, format!("The upstream did not answer in time: {error}.\n")),
-                    UpstreamError::BadRequest(reason) if reason == "no route" => {
-                        (404, "No route for this path.\n".to_string())
-                    }
-                    _ => (502, format!("The upstream could not be reached: {error}.\n")),
-                };
+                let (status, message) = error.client_answer();
+                let message = format!("{message}\n");
                 tracing::warn!(%error, "upstream failed");
                 self.upstream_sink = None;
                 self.request_body = None;

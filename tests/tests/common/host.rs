@@ -92,12 +92,6 @@ impl Proxy {
 
     /// Runs `deployment` with `filter`, in `host`.
     pub async fn start_filter(host: Host, deployment: &Deployment, filter: Filter) -> Proxy {
-        Proxy::start_with(host, deployment, filter, &EnvoyOptions::default()).await
-    }
-
-    /// Runs `deployment`; `envoy` are the `envoy-config` options beyond the plan (the module path
-    /// and admin port are the fixture's).
-    pub async fn start_with(host: Host, deployment: &Deployment, filter: Filter, envoy: &EnvoyOptions) -> Proxy {
         let plan = plan::plan(deployment).expect("a valid deployment");
         match host {
             Host::Runner => {
@@ -106,11 +100,8 @@ impl Proxy {
             }
             Host::Envoy => {
                 let admin_port = free_port();
-                let options = EnvoyOptions {
-                    module_path: filter.path().display().to_string(),
-                    admin_port: Some(admin_port),
-                    ..envoy.clone()
-                };
+                let options =
+                    EnvoyOptions { module_path: filter.path().display().to_string(), admin_port: Some(admin_port) };
                 let start = EnvoyStart {
                     bootstrap: bootstrap_yaml(&plan, &options),
                     admin_port,
@@ -144,6 +135,19 @@ impl Proxy {
             Running::Envoy(envoy) => Some(envoy),
             Running::Runner(_) => None,
         }
+    }
+
+    /// Resident memory of the process that runs the proxy, from /proc (Linux). For the runner
+    /// that is this test process.
+    pub fn resident_bytes(&self) -> usize {
+        let status = match &self.running {
+            Running::Runner(_) => std::fs::read_to_string("/proc/self/status"),
+            Running::Envoy(envoy) => std::fs::read_to_string(format!("/proc/{}/status", envoy.pid())),
+        };
+        let status = status.expect("/proc is readable");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc status");
+        let kib: usize = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("a number of KiB");
+        kib * 1024
     }
 
     pub async fn stop(self) {
