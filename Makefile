@@ -70,6 +70,12 @@ demo: setup
 	$(CARGO) build --locked -p ory-proxy -p ory-proxy-tests --bins
 	PORT=$(PORT) ./tests/demo.sh target/debug
 
+## demo-envoy: the same demo through a real Envoy (the filter .wasm and the bootstrap that
+## `ory-proxy envoy-config` prints for make demo's flags), on http://localhost:$(PORT)/.
+demo-envoy: setup setup-envoy filter
+	$(CARGO) build --locked -p ory-proxy -p ory-proxy-tests --bins
+	PORT=$(PORT) ./tests/demo-envoy.sh target/debug $(FILTER_WASM) $(ENVOY)
+
 ## run: ory-proxy in front of UPSTREAM (make run UPSTREAM=http://localhost:3000 ARGS="...").
 run: setup
 	$(CARGO) run --locked -p ory-proxy -- local $(UPSTREAM) --port $(PORT) $(ARGS)

@@ -110,6 +110,9 @@ fn listener(plan: &Plan, options: &EnvoyOptions) -> Node {
         ("codec_type", "AUTO".into()),
         // Envoy is the edge here: the client's address is the peer's, never a header's.
         ("use_remote_address", true.into()),
+        // The app's own `Server` header, or none: as the runner answers (Envoy would otherwise
+        // put `server: envoy` on every response).
+        ("server_header_transformation", "PASS_THROUGH".into()),
         // The filter normalises paths itself; Envoy doing the same first changes nothing and
         // keeps Envoy's own routing on the normalised path.
         ("normalize_path", true.into()),

@@ -339,6 +339,10 @@ impl Exchange {
         }
         if !reply.body.is_empty() {
             headers.set("content-length", reply.body.len().to_string().as_bytes());
+            // Envoy labels a local reply's body as text unless the filter said otherwise.
+            if headers.get("content-type").is_none() {
+                headers.add("content-type", b"text/plain");
+            }
         }
         let stream = vm.stream_mut(self.context)?;
         stream.response_headers = headers;

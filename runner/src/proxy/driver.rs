@@ -59,12 +59,11 @@ pub fn plain_response(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// The request as the filter sees it: pseudo-headers first, then the headers that are not
-/// about this connection alone.
-fn request_header_list(request: &Request<Incoming>, tls: bool) -> HeaderList {
+/// The request as the filter sees it: pseudo-headers first, in Envoy's order, then the headers
+/// that are not about this connection alone, then the ones an edge Envoy manages itself
+/// ([`edge_headers`]).
+fn request_header_list(request: &Request<Incoming>, connection: &Connection) -> HeaderList {
     let mut list = HeaderList::new();
-    list.add(":method", request.method().as_str().as_bytes());
-    list.add(":scheme", if tls { b"https" } else { b"http" });
     let authority = request
         .uri()
         .authority()
@@ -74,6 +73,8 @@ fn request_header_list(request: &Request<Incoming>, tls: bool) -> HeaderList {
     list.add(":authority", authority.as_bytes());
     let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     list.add(":path", path.as_bytes());
+    list.add(":method", request.method().as_str().as_bytes());
+    list.add(":scheme", if connection.tls { b"https" } else { b"http" });
     // Headers a client names in `Connection` are for this hop only (and must not be used to make
     // a later hop drop a header the filter adds).
     let named: Vec<String> = request
@@ -91,7 +92,26 @@ fn request_header_list(request: &Request<Incoming>, tls: bool) -> HeaderList {
         }
         list.add(name, value.as_bytes());
     }
+    edge_headers(&mut list, connection);
     list
+}
+
+/// What Envoy's connection manager does to a request from outside before any filter runs, as the
+/// bootstrap of `envoy-config` configures it (`use_remote_address: true`, the edge): a client's
+/// `x-envoy-*` headers and `x-request-id` are not trusted; `x-forwarded-proto` is the scheme of
+/// the connection; the peer is appended to `x-forwarded-for`; `x-envoy-external-address` names
+/// the peer; every request gets a new `x-request-id`.
+fn edge_headers(list: &mut HeaderList, connection: &Connection) {
+    list.0.retain(|(name, _)| !name.starts_with("x-envoy-") && name != "x-request-id");
+    list.set("x-forwarded-proto", if connection.tls { b"https" } else { b"http" });
+    let peer = connection.peer.ip().to_string();
+    let earlier: Vec<String> =
+        list.get_all("x-forwarded-for").map(|v| String::from_utf8_lossy(v).trim().to_string()).collect();
+    let forwarded_for =
+        earlier.into_iter().filter(|v| !v.is_empty()).chain([peer.clone()]).collect::<Vec<_>>().join(",");
+    list.set("x-forwarded-for", forwarded_for.as_bytes());
+    list.add("x-envoy-external-address", peer.as_bytes());
+    list.add("x-request-id", uuid::Uuid::new_v4().to_string().as_bytes());
 }
 
 fn protocol(version: http::Version) -> &'static str {
@@ -112,6 +132,8 @@ struct Driver {
     request_body: Option<Incoming>,
     upstream_sink: Option<FrameSender>,
     upstream: Option<BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
+    /// When the request was sent upstream (for `x-envoy-upstream-service-time`).
+    upstream_sent: Option<std::time::Instant>,
     upstream_body: Option<Incoming>,
     downstream_sink: Option<FrameSender>,
     finished: bool,
@@ -147,7 +169,7 @@ pub async fn drive(
             return;
         }
     };
-    let headers = request_header_list(&request, connection.tls);
+    let headers = request_header_list(&request, &connection);
     let client_upgrade =
         requested_upgrade(request.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
     let method = request.method().to_string();
@@ -162,6 +184,7 @@ pub async fn drive(
         request_body: (!end).then_some(body),
         upstream_sink: None,
         upstream: None,
+        upstream_sent: None,
         upstream_body: None,
         downstream_sink: None,
         finished: false,
@@ -320,6 +343,7 @@ impl Driver {
         let shared = self.shared.clone();
         let timeout = self.shared.upstream_timeout;
         let protocol = self.client_upgrade.as_ref().map(|(protocol, _)| protocol.clone());
+        self.upstream_sent = Some(std::time::Instant::now());
         self.upstream = Some(Box::pin(async move {
             let clusters = shared.pool.clusters();
             let host = route.host_rewrite.as_deref();
@@ -345,6 +369,11 @@ impl Driver {
                 let mut headers = HeaderList::new();
                 headers.add(":status", parts.status.as_str().as_bytes());
                 headers.0.extend(header_list_from(&parts.headers).0);
+                // As Envoy's router does: how long the upstream took to answer, in milliseconds.
+                if let Some(sent) = self.upstream_sent {
+                    let millis = sent.elapsed().as_millis().to_string();
+                    headers.set("x-envoy-upstream-service-time", millis.as_bytes());
+                }
                 let end = http_body::Body::is_end_stream(&body);
                 if !end {
                     self.upstream_body = Some(body);
