@@ -3,6 +3,9 @@
 //! `https://localhost:<port>/`, and answers HTTPS with a certificate that chains to the CA; the
 //! second start reuses the CA and installs nothing again; SIGTERM stops it cleanly; and
 //! `cert uninstall` removes the CA from the database.
+//!
+//! Runner only: the local CA, the trust stores and opening the browser are what the runner adds
+//! for a laptop; Envoy has none of them (see `envoy/README.md`).
 
 #![cfg(target_os = "linux")]
 

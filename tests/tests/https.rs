@@ -1,6 +1,10 @@
 //! HTTPS end to end: one port answers TLS (HTTP/1.1 and HTTP/2 by ALPN) and plain HTTP, the
 //! certificate chains to the local CA for every name the proxy answers to, a bad handshake costs
 //! only its own connection, and `--no-https` refuses TLS.
+//!
+//! Runner only: HTTPS on the proxy's own port, from a local CA, is what the runner adds for a
+//! laptop. Envoy terminates TLS with a `transport_socket` its operator configures, which
+//! `envoy-config` does not write (see `envoy/README.md`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
