@@ -11,7 +11,8 @@
 //!   "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000 },
 //!   "public_url": "http://localhost:4000",
 //!   "proxy_names": ["localhost", "127.0.0.1", "::1"],
-//!   "protect": { "prefixes": [], "globs": [], "regexes": [] },
+//!   "protect": { "prefixes": [], "globs": [], "regexes": [], "ignore_case": false },
+//!   "pass_client_headers": [],
 //!   "jwt": { "enabled": true, "ttl_seconds": 60, "audience": null },
 //!   "session_cache": { "ttl_ms": 5000, "negative_ttl_ms": 1000, "slots": 4096, "max_entry_bytes": 65536 },
 //!   "session_cookie_prefixes": ["ory_"],
@@ -30,8 +31,9 @@ use serde::Deserialize;
 
 use crate::cache::{self, CachePolicy};
 use crate::cors::CorsPolicy;
+use crate::forwarded::passable_header;
 use crate::origin::{Origin, ProxyNames};
-use crate::paths::ProtectionRules;
+use crate::paths::{Case, ProtectionRules};
 use crate::rewrite::OryTarget;
 use crate::token::SigningKey;
 
@@ -66,6 +68,10 @@ pub struct OryConfig {
     pub public_origin: Origin,
     pub proxy_names: ProxyNames,
     pub rules: ProtectionRules,
+    /// Identity headers a client may send to the app after all (lower case; see `forwarded`).
+    pub passed_client_headers: Vec<String>,
+    /// The signing key's id: a client token carrying it claims to be ours and is removed.
+    pub signing_kid: String,
     pub jwt: JwtConfig,
     pub cache: CachePolicy,
     pub session_cookie_prefixes: Vec<String>,
@@ -99,6 +105,8 @@ struct RawConfig {
     proxy_names: Vec<String>,
     #[serde(default)]
     protect: RawProtect,
+    #[serde(default)]
+    pass_client_headers: Vec<String>,
     #[serde(default)]
     jwt: RawJwt,
     #[serde(default)]
@@ -134,6 +142,9 @@ struct RawProtect {
     globs: Vec<String>,
     #[serde(default)]
     regexes: Vec<String>,
+    /// Match every rule without regard to case (`/MEMBERS` is then covered by `/members`).
+    #[serde(default)]
+    ignore_case: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +286,12 @@ fn refuse_without_ory(raw: &RawConfig) -> Result<(), ConfigError> {
             return Err(field_error(field, why));
         }
     }
+    if protect.ignore_case {
+        return Err(field_error("protect.ignore_case", why));
+    }
+    if !raw.pass_client_headers.is_empty() {
+        return Err(field_error("pass_client_headers", why));
+    }
     if !raw.cors.allowed_origins.is_empty() {
         return Err(field_error("cors.allowed_origins", why));
     }
@@ -310,8 +327,18 @@ fn ory_config(ory: &RawOry, raw: &RawConfig, key: &SigningKey) -> Result<OryConf
     ProtectionRules::new(&protect.prefixes, &[], &[]).map_err(|err| field_error("protect.prefixes", err))?;
     ProtectionRules::new(&[], &protect.globs, &[]).map_err(|err| field_error("protect.globs", err))?;
     ProtectionRules::new(&[], &[], &protect.regexes).map_err(|err| field_error("protect.regexes", err))?;
-    let rules = ProtectionRules::new(&protect.prefixes, &protect.globs, &protect.regexes)
+    let case = if protect.ignore_case { Case::Insensitive } else { Case::Sensitive };
+    let rules = ProtectionRules::with_case(&protect.prefixes, &protect.globs, &protect.regexes, case)
         .map_err(|err| field_error("protect", err))?;
+
+    let passed_client_headers = raw
+        .pass_client_headers
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            passable_header(name).map_err(|err| field_error(&format!("pass_client_headers[{index}]"), err))
+        })
+        .collect::<Result<Vec<String>, ConfigError>>()?;
 
     if raw.jwt.ttl_seconds == 0 {
         return Err(field_error("jwt.ttl_seconds", "must be at least 1"));
@@ -393,6 +420,8 @@ fn ory_config(ory: &RawOry, raw: &RawConfig, key: &SigningKey) -> Result<OryConf
         public_origin,
         proxy_names,
         rules,
+        passed_client_headers,
+        signing_kid: key.kid().to_string(),
         jwt,
         cache,
         session_cookie_prefixes: raw.session_cookie_prefixes.clone(),
@@ -500,7 +529,7 @@ mod tests {
     #[test]
     fn ory_defaults() {
         let config = with_ory(json!({})).unwrap();
-        let ory = config.ory.expect("ory configured");
+        let ory = config.ory.as_ref().expect("ory configured");
         assert_eq!(ory.issuer, "http://127.0.0.1:4433");
         assert_eq!(ory.cluster, "ory");
         assert_eq!(ory.project_api_key, None);
@@ -508,6 +537,8 @@ mod tests {
         assert_eq!(ory.public_origin.to_string(), "http://localhost:4000");
         assert_eq!(ory.proxy_names, ProxyNames::new(&default_proxy_names()).unwrap());
         assert!(ory.rules.is_empty());
+        assert!(ory.passed_client_headers.is_empty());
+        assert_eq!(ory.signing_kid, config.signing_key.kid());
         assert_eq!(ory.jwt, JwtConfig { enabled: true, ttl_seconds: 60, audience: None });
         assert_eq!(ory.cache.session_ttl_ms, 5000);
         assert_eq!(ory.cache.negative_ttl_ms, 1000);
@@ -525,7 +556,9 @@ mod tests {
             "ory": { "url": "https://x.projects.oryapis.com", "cluster": "ory-net", "project_api_key": "k",
                      "whoami_timeout_ms": 250 },
             "proxy_names": ["proxy.test"],
-            "protect": { "prefixes": ["/members"], "globs": ["/admin/**"], "regexes": ["^/api/v[0-9]+/"] },
+            "protect": { "prefixes": ["/members"], "globs": ["/admin/**"], "regexes": ["^/api/v[0-9]+/"],
+                         "ignore_case": true },
+            "pass_client_headers": ["X-Remote-User"],
             "jwt": { "enabled": false, "ttl_seconds": 120, "audience": "my-app" },
             "session_cache": { "ttl_ms": 100, "negative_ttl_ms": 50, "slots": 8, "max_entry_bytes": 4096 },
             "session_cookie_prefixes": ["ory_", "my_session"],
@@ -546,6 +579,9 @@ mod tests {
         assert!(ory.rules.protects(&normalized("/admin/a/b")));
         assert!(ory.rules.protects(&normalized("/api/v2/x")));
         assert!(!ory.rules.protects(&normalized("/public")));
+        assert!(ory.rules.protects(&normalized("/MEMBERS/1")), "ignore_case is read");
+        assert!(ory.rules.protects(&normalized("/API/V2/x")));
+        assert_eq!(ory.passed_client_headers, ["x-remote-user"]);
         assert_eq!(ory.jwt, JwtConfig { enabled: false, ttl_seconds: 120, audience: Some("my-app".into()) });
         assert_eq!((ory.cache.session_ttl_ms, ory.cache.negative_ttl_ms), (100, 50));
         assert_eq!((ory.cache.slots, ory.cache.max_entry_bytes), (8, 4096));
@@ -571,6 +607,10 @@ mod tests {
             (json!({ "protect": { "prefixes": ["members"] } }), "protect.prefixes:"),
             (json!({ "protect": { "globs": ["/a/[b"] } }), "protect.globs:"),
             (json!({ "protect": { "regexes": ["(unclosed"] } }), "protect.regexes:"),
+            (json!({ "protect": { "ignore_case": "yes" } }), "protect.ignore_case:"),
+            (json!({ "pass_client_headers": ["x-user", "x-forwarded-user"] }), "pass_client_headers[1]:"),
+            (json!({ "pass_client_headers": ["x-tenant"] }), "pass_client_headers[0]:"),
+            (json!({ "pass_client_headers": "x-user" }), "pass_client_headers:"),
             (json!({ "jwt": { "ttl_seconds": 0 } }), "jwt.ttl_seconds:"),
             (json!({ "jwt": { "audience": "" } }), "jwt.audience:"),
             (json!({ "session_cache": { "slots": 0 } }), "session_cache.slots:"),
@@ -613,6 +653,8 @@ mod tests {
             (json!({ "protect": { "prefixes": ["/members"] } }), "protect.prefixes:"),
             (json!({ "protect": { "globs": ["/a/*"] } }), "protect.globs:"),
             (json!({ "protect": { "regexes": ["^/a"] } }), "protect.regexes:"),
+            (json!({ "protect": { "ignore_case": true } }), "protect.ignore_case:"),
+            (json!({ "pass_client_headers": ["x-user"] }), "pass_client_headers:"),
             (json!({ "cors": { "allowed_origins": ["http://a.test"] } }), "cors.allowed_origins:"),
             (json!({ "cors": { "additional_headers": ["x-a"] } }), "cors.additional_headers:"),
         ] {
@@ -624,7 +666,8 @@ mod tests {
         // Empty lists (as a deployment plan may always write them) are fine.
         let config = Config::from_json(&json(json!({
             "signing_key": TEST_KEY_PEM,
-            "protect": { "prefixes": [], "globs": [], "regexes": [] },
+            "protect": { "prefixes": [], "globs": [], "regexes": [], "ignore_case": false },
+            "pass_client_headers": [],
             "cors": { "allowed_origins": [], "additional_headers": [] },
         })))
         .unwrap();
@@ -639,7 +682,8 @@ mod tests {
           "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000 },
           "public_url": "http://localhost:4000",
           "proxy_names": ["localhost", "127.0.0.1", "::1"],
-          "protect": { "prefixes": [], "globs": [], "regexes": [] },
+          "protect": { "prefixes": [], "globs": [], "regexes": [], "ignore_case": false },
+          "pass_client_headers": [],
           "jwt": { "enabled": true, "ttl_seconds": 60, "audience": null },
           "session_cache": { "ttl_ms": 5000, "negative_ttl_ms": 1000, "slots": 4096, "max_entry_bytes": 65536 },
           "session_cookie_prefixes": ["ory_"],

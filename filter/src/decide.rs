@@ -20,7 +20,7 @@ use crate::rewrite::{
     rewrite_set_cookie,
 };
 use crate::session::Session;
-use crate::token::{SigningKey, random_jti, sign_jwt};
+use crate::token::{SigningKey, claims_to_be_ours, random_jti, sign_jwt};
 
 /// A header list as proxy-wasm hands it over: lower-case names, in order, repeats allowed.
 pub type Headers = Vec<(String, String)>;
@@ -61,7 +61,8 @@ pub struct OryRequest {
 
 #[derive(Debug)]
 pub struct AppRequest {
-    /// The request headers to send on, without the JWT (added after the session check).
+    /// The request headers to send on, without the JWT (added after the session check); the
+    /// session check reads the credentials from these too, so a removed token is not sent to Ory.
     pub headers: Headers,
     pub origin: Origin,
     pub target: NormalizedPath,
@@ -107,7 +108,7 @@ pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_add
     }
 
     let mut out: Headers = headers.to_vec();
-    sanitize_request_headers(&mut out);
+    sanitize_request_headers(&mut out, &config.passed_client_headers);
     set_header(&mut out, ":path", &target.to_request_target());
 
     if let Some(routed) = ory_route(&target.to_request_target()) {
@@ -130,6 +131,11 @@ pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_add
     for (name, value) in app_forwarding_headers(client_address.unwrap_or_default(), scheme, &host) {
         set_header(&mut out, &name, &value);
     }
+    // Only the proxy hands the app tokens of its own; a client's is forged or replayed. Other
+    // credentials (API keys, other issuers' JWTs) pass, and a session replaces them anyway.
+    out.retain(|(name, value)| {
+        !(name.eq_ignore_ascii_case("authorization") && claims_to_be_ours(value, &config.signing_kid, &config.issuer))
+    });
     let protected = config.rules.protects(&target);
     let kind = client_kind(header(headers, "accept"), header(headers, "x-requested-with"));
     RequestPlan::App(AppRequest { headers: out, origin, target, protected, kind })
@@ -604,7 +610,7 @@ mod tests {
 
     #[test]
     fn refused_paths_get_400_json() {
-        for path in ["/members%2Fx", "/a%00", "/public/..;/members", "*"] {
+        for path in ["/members%2Fx", "/a%00", "/public/..;/members", "*", "/%256dembers", "/x/%252e%252e/members"] {
             match plan_request(&config(), &request(path, &[]), None) {
                 RequestPlan::Reply(reply) => {
                     assert_eq!(reply.status, 400, "{path}");
@@ -945,5 +951,70 @@ mod tests {
         let out = rewrite_ory_body(&config(), &origin, body, Some("application/json"), None).unwrap();
         assert_eq!(out, br#"{"ui":{"action":"http://localhost:4000/.ory/self-service/login?flow=1"}}"#);
         assert_eq!(rewrite_ory_body(&config(), &origin, b"{}", Some("application/json"), None), None);
+    }
+    /// A compact JWT with these header and payload objects and a made-up signature.
+    fn jwt(header: serde_json::Value, payload: serde_json::Value) -> String {
+        use base64::Engine as _;
+        let part = |value: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&value).unwrap())
+        };
+        format!("{}.{}.c2lnbmF0dXJl", part(header), part(payload))
+    }
+
+    #[test]
+    fn a_client_token_claiming_to_be_ours_never_reaches_the_app() {
+        let config = config();
+        let forged = [
+            jwt(json!({ "alg": "ES256", "kid": config.signing_kid }), json!({ "sub": "admin" })),
+            jwt(json!({ "alg": "ES256", "kid": "other" }), json!({ "iss": "http://127.0.0.1:4433", "sub": "admin" })),
+            jwt(json!({ "alg": "none" }), json!({ "iss": "http://127.0.0.1:4433", "sub": "admin" })),
+        ];
+        for token in &forged {
+            for path in ["/public", "/members"] {
+                let bearer = format!("Bearer {token}");
+                let forwarded = app(plan_request(&config, &request(path, &[("authorization", &bearer)]), None));
+                assert_eq!(get(&forwarded.headers, "authorization"), None, "{path}: {token}");
+            }
+        }
+        // Every copy goes; other credentials stay.
+        let bearer = format!("Bearer {}", forged[0]);
+        let forwarded = app(plan_request(
+            &config,
+            &request("/public", &[("authorization", &bearer), ("Authorization", "Bearer api-key-123")]),
+            None,
+        ));
+        assert_eq!(forwarded.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).count(), 1);
+        assert_eq!(get(&forwarded.headers, "authorization").as_deref(), Some("Bearer api-key-123"));
+        let other = format!("Bearer {}", jwt(json!({ "alg": "RS256", "kid": "idp" }), json!({ "iss": "https://idp" })));
+        let forwarded = app(plan_request(&config, &request("/public", &[("authorization", &other)]), None));
+        assert_eq!(get(&forwarded.headers, "authorization"), Some(other));
+    }
+
+    #[test]
+    fn identity_headers_are_removed_unless_passed() {
+        let spoofed = [
+            ("x-kratos-authenticated-identity-id", "victim"),
+            ("x-original-url", "/members"),
+            ("remote-user", "admin"),
+            ("x-auth-request-email", "admin@example.com"),
+        ];
+        let forwarded = app(plan_request(&config(), &request("/public", &spoofed), None));
+        for (name, _) in spoofed {
+            assert_eq!(get(&forwarded.headers, name), None, "{name}");
+        }
+
+        let passing = config_with(json!({ "pass_client_headers": ["Remote-User"] }));
+        let forwarded = app(plan_request(&passing, &request("/public", &spoofed), None));
+        assert_eq!(get(&forwarded.headers, "remote-user").as_deref(), Some("admin"));
+        assert_eq!(get(&forwarded.headers, "x-original-url"), None);
+    }
+
+    #[test]
+    fn ignore_case_protects_every_spelling() {
+        let config = config_with(json!({ "protect": { "prefixes": ["/members"], "ignore_case": true } }));
+        assert!(app(plan_request(&config, &request("/MEMBERS", &[]), None)).protected);
+        assert!(app(plan_request(&config, &request("/Members/x", &[]), None)).protected);
+        assert!(!app(plan_request(&config, &request("/public", &[]), None)).protected);
+        assert!(!app(plan_request(&self::config(), &request("/MEMBERS", &[]), None)).protected, "sensitive by default");
     }
 }

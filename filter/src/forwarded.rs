@@ -2,11 +2,67 @@
 //!
 //! Apps and Ory trust `Forwarded`, `X-Forwarded-*` and the `Ory-*` rewrite headers to build
 //! absolute URLs and to identify clients, so whatever a client sent under those names is
-//! removed on every request; the proxy then sets them from what it knows. Header names are lower
-//! case, as proxy-wasm hands them over; pseudo-headers (`:path`, …) are never touched.
+//! removed on every request; the proxy then sets them from what it knows.
+//!
+//! Apps also trust headers that, in other deployments, an authenticating proxy or a front server
+//! sets: who the user is (`Remote-User`, `X-Auth-Request-Email`, …) or which path was really
+//! asked for (`X-Original-URL`, …). The proxy never sets any of them, and a client that sends
+//! one is lying, so they are removed too (see [`IDENTITY_HEADERS`] and
+//! [`IDENTITY_HEADER_PREFIXES`]); `--pass-client-header` keeps one on purpose.
+//!
+//! Header names are lower case, as proxy-wasm hands them over; pseudo-headers (`:path`, …) are
+//! never touched.
 
-/// Headers the proxy removes from every request and sets only itself.
-fn is_client_forbidden(name: &str) -> bool {
+/// Identity and path-override headers removed from every client request, by exact name. Each is
+/// what some server or proxy sets for the app behind it, so an app may trust it by mistake.
+pub const IDENTITY_HEADERS: &[&str] = &[
+    // Which path or host was "really" requested: IIS and ASP.NET (X-Original-URL), ISAPI_Rewrite,
+    // Symfony and Zend (X-Rewrite-URL), nginx `auth_request` setups (X-Original-URI), Envoy after a
+    // prefix rewrite (X-Envoy-Original-Path), Azure's gateways (X-Original-Host).
+    "x-original-url",
+    "x-original-uri",
+    "x-original-path",
+    "x-original-host",
+    "x-rewrite-url",
+    "x-envoy-original-path",
+    // Who the user is: Oathkeeper's and many tutorials' header mutators (X-User), Kong's OIDC
+    // plugin (X-Userinfo) and consumers, WSO2 (X-JWT-Assertion).
+    "x-user",
+    "x-user-id",
+    "x-email",
+    "x-userinfo",
+    "x-credential-identifier",
+    "x-anonymous-consumer",
+    "x-jwt-assertion",
+];
+
+/// Identity headers removed from every client request, by prefix (names starting with one).
+pub const IDENTITY_HEADER_PREFIXES: &[&str] = &[
+    // Ory's own (X-Kratos-Authenticated-Identity-Id in Oathkeeper setups).
+    "x-kratos-",
+    // oauth2-proxy and nginx `auth_request` (X-Auth-Request-User, -Email, -Groups, -Access-Token).
+    "x-auth-request-",
+    // Authelia, Authentik, Traefik forward auth (Remote-User, Remote-Groups, Remote-Email).
+    "remote-",
+    // Apache, Kubernetes' front proxy (X-Remote-User, X-Remote-Group, X-Remote-Extra-*).
+    "x-remote-",
+    // Kong (X-Authenticated-Userid, X-Consumer-Username) and generic X-Authenticated-User.
+    "x-authenticated-",
+    "x-consumer-",
+    // Grafana's and Gitea's auth proxy (X-WEBAUTH-USER).
+    "x-webauth-",
+    // Hosted identity-aware proxies: Pomerium, Cloudflare Access, Google IAP, AWS ALB, Azure App
+    // Service.
+    "x-pomerium-",
+    "cf-access-",
+    "x-goog-authenticated-user-",
+    "x-goog-iap-",
+    "x-amzn-oidc-",
+    "x-ms-client-principal",
+];
+
+/// The forwarding family: the proxy removes these from every request and sets some itself.
+fn is_forwarding_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     name == "forwarded"
         || name == "x-real-ip"
@@ -17,26 +73,57 @@ fn is_client_forbidden(name: &str) -> bool {
         || name.starts_with("ory-")
 }
 
+/// An identity or path-override header (see [`IDENTITY_HEADERS`]).
+pub fn is_identity_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    IDENTITY_HEADERS.contains(&name.as_str()) || IDENTITY_HEADER_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// Checks a `--pass-client-header` name and returns it in lower case. Only identity headers can be
+/// passed: the forwarding family is the proxy's own, and a name the proxy does not remove
+/// passes anyway (most likely a typo, in a setting about security).
+pub fn passable_header(name: &str) -> Result<String, String> {
+    let lower = name.trim().to_ascii_lowercase();
+    if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+        return Err(format!("{name:?} is not a header name"));
+    }
+    if is_forwarding_header(&lower) {
+        return Err(format!(
+            "{name:?} cannot be passed: the proxy always removes Forwarded, X-Forwarded-*, X-Real-IP and Ory-* from clients"
+        ));
+    }
+    if !is_identity_header(&lower) {
+        return Err(format!("{name:?} is not a header the proxy removes, so it passes already"));
+    }
+    Ok(lower)
+}
+
 /// Headers the proxy sets or relies on downstream. A client's `Connection` header must not
 /// name them, or a later hop (which removes the headers `Connection` names) would drop what the
 /// proxy injected: the JWT in `Authorization`, the forwarding headers, or the framing.
 fn is_proxy_managed(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    is_client_forbidden(&name)
+    is_forwarding_header(&name)
         || matches!(
             name.as_str(),
             "authorization" | "host" | "content-length" | "transfer-encoding" | "cookie" | "x-session-token"
         )
 }
 
-/// Removes client-sent `Forwarded`, `X-Forwarded-*`, `X-Real-IP` and `Ory-*` headers (every
-/// occurrence, any case), and strips from `Connection` the tokens naming headers the proxy
-/// manages (see above); a `Connection` header left without tokens is removed.
+/// Removes client-sent `Forwarded`, `X-Forwarded-*`, `X-Real-IP` and `Ory-*` headers and the
+/// identity and path-override headers except those named in `passed` (lower case, from
+/// [`passable_header`]), every occurrence in any case; and strips from `Connection` the tokens
+/// naming headers the proxy manages (see above); a `Connection` header left without tokens is
+/// removed.
 ///
 /// Call it on every request before adding [`app_forwarding_headers`] or
 /// [`ory_request_headers`], and *set* those afterwards (never append to a client's copy).
-pub fn sanitize_request_headers(headers: &mut Vec<(String, String)>) {
-    headers.retain(|(name, _)| name.starts_with(':') || !is_client_forbidden(name));
+pub fn sanitize_request_headers(headers: &mut Vec<(String, String)>, passed: &[String]) {
+    headers.retain(|(name, _)| {
+        name.starts_with(':')
+            || !(is_forwarding_header(name)
+                || (is_identity_header(name) && !passed.iter().any(|kept| kept.eq_ignore_ascii_case(name))))
+    });
     headers.retain_mut(|(name, value)| {
         if !name.eq_ignore_ascii_case("connection") {
             return true;
@@ -143,7 +230,7 @@ mod tests {
             ("x-forwarded", "not a prefix match, kept"),
             ("oryx", "kept"),
         ]);
-        sanitize_request_headers(&mut headers);
+        sanitize_request_headers(&mut headers, &[]);
         assert_eq!(
             headers,
             h(&[
@@ -167,7 +254,7 @@ mod tests {
             ("connection", "close,, x-custom , Content-Length,transfer-encoding,host,x-forwarded-host"),
             ("Connection", "upgrade"),
         ]);
-        sanitize_request_headers(&mut headers);
+        sanitize_request_headers(&mut headers, &[]);
         assert_eq!(
             headers,
             h(&[("connection", "keep-alive"), ("connection", "close, x-custom"), ("Connection", "upgrade")])
@@ -214,8 +301,70 @@ mod tests {
         // A request that arrives with every Ory header, sanitized and given the app's headers.
         let mut headers = h(&[(":path", "/"), ("ory-base-url-rewrite", "x"), ("ORY-NO-CUSTOM-DOMAIN-REDIRECT", "x")]);
         headers.extend(ory_request_headers("https://evil", Some("k")));
-        sanitize_request_headers(&mut headers);
+        sanitize_request_headers(&mut headers, &[]);
         headers.extend(app_forwarding_headers("1.1.1.1", "https", "localhost:4000"));
         assert!(headers.iter().all(|(k, _)| !k.to_ascii_lowercase().starts_with("ory-")), "{headers:?}");
+    }
+    #[test]
+    fn identity_and_path_override_headers_are_removed() {
+        let mut headers = h(&[
+            (":path", "/public"),
+            ("x-kratos-authenticated-identity-id", "victim"),
+            ("X-Original-URL", "/members"),
+            ("x-original-uri", "/members"),
+            ("x-rewrite-url", "/members"),
+            ("x-envoy-original-path", "/members"),
+            ("x-user", "admin"),
+            ("x-email", "admin@example.com"),
+            ("x-auth-request-user", "admin"),
+            ("X-Auth-Request-Email", "admin@example.com"),
+            ("remote-user", "admin"),
+            ("Remote-Groups", "admins"),
+            ("x-remote-user", "admin"),
+            ("x-webauth-user", "admin"),
+            ("cf-access-authenticated-user-email", "admin@example.com"),
+            ("x-goog-authenticated-user-email", "accounts.google.com:admin@example.com"),
+            ("x-amzn-oidc-identity", "admin"),
+            ("x-ms-client-principal-name", "admin"),
+            ("x-forwarded-user", "admin"),
+            ("accept", "*/*"),
+            ("x-user-agent", "kept: not an identity header"),
+            ("x-users-page", "kept"),
+            ("authorization", "Bearer api-key"),
+        ]);
+        sanitize_request_headers(&mut headers, &[]);
+        assert_eq!(
+            headers,
+            h(&[
+                (":path", "/public"),
+                ("accept", "*/*"),
+                ("x-user-agent", "kept: not an identity header"),
+                ("x-users-page", "kept"),
+                ("authorization", "Bearer api-key"),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_passed_header_is_kept_and_only_that_one() {
+        let passed = vec![passable_header("X-Remote-User").expect("passable")];
+        let mut headers = h(&[("X-Remote-User", "alice"), ("x-remote-group", "admins"), ("x-user", "bob")]);
+        sanitize_request_headers(&mut headers, &passed);
+        assert_eq!(headers, h(&[("X-Remote-User", "alice")]));
+    }
+
+    #[test]
+    fn only_identity_headers_can_be_passed() {
+        assert_eq!(passable_header(" X-Auth-Request-User "), Ok("x-auth-request-user".to_string()));
+        assert_eq!(passable_header("x-original-url"), Ok("x-original-url".to_string()));
+        for forwarding in ["X-Forwarded-For", "forwarded", "x-real-ip", "Ory-Base-URL-Rewrite"] {
+            let err = passable_header(forwarding).expect_err(forwarding);
+            assert!(err.contains("always removes"), "{err}");
+        }
+        let err = passable_header("x-tenant").expect_err("not removed");
+        assert!(err.contains("passes already"), "{err}");
+        for bad in ["", " ", "x user", "x-user:", "x-us\ner"] {
+            assert!(passable_header(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -292,7 +292,7 @@ mod glue {
                 }
                 RequestPlan::App(request) => {
                     apply_edits(MapType::HttpRequestHeaders, &headers, &request.headers);
-                    self.check_session(ory, &headers, request)
+                    self.check_session(ory, request)
                 }
             }
         }
@@ -353,8 +353,8 @@ mod glue {
 
     impl Request {
         /// The session check of an app request: cache, then one whoami call per credentials.
-        fn check_session(&mut self, ory: &OryConfig, headers: &[(String, String)], request: AppRequest) -> Action {
-            let creds = Credentials::from_headers(headers);
+        fn check_session(&mut self, ory: &OryConfig, request: AppRequest) -> Action {
+            let creds = Credentials::from_headers(&request.headers);
             self.flow.borrow_mut().app = Some(request);
             if creds.is_empty() {
                 // Nothing Ory could know the client by: no session, without asking.

@@ -11,6 +11,10 @@
 //!   `<`, `>`, `` ` ``, `{`, `|`, `}`, `^`, `[`, `]`, non-ASCII) are percent-encoded;
 //! - an encoded slash or backslash (`%2F`, `%5C`) is **rejected**: some apps decode it into a
 //!   separator and some do not, so no rule could be right for both;
+//! - a double-encoded escape, `%25` followed by two hex digits (`%252e`, `%256d`, `%252F`), is
+//!   **rejected** too, however it is spelled (`%25%32%65` included): an app that decodes twice
+//!   would read a different path (`/x/%252e%252e/members` is `/members` to it) than the one the
+//!   rules saw, and no honest client double-encodes a path;
 //! - a raw backslash is a slash, as browsers and several servers treat it;
 //! - duplicate slashes are merged and `.` / `..` segments resolved (RFC 3986 §5.2.4; `..` never
 //!   climbs above the root), also those spelled `%2e`;
@@ -19,14 +23,15 @@
 //! - `;` is an ordinary character and stays in the path the app receives. A segment whose part
 //!   before `;` is `.` or `..` (Tomcat-style `..;/`) is rejected, because servers that strip path
 //!   parameters would turn it into a dot segment after the proxy has decided;
-//! - case is kept: paths and rules are case-sensitive, so `/MEMBERS` is a path of its own and is
-//!   forwarded as `/MEMBERS`;
+//! - case is kept: the path is forwarded as `/MEMBERS` if that is what was asked for. Rules are
+//!   case-sensitive unless built with [`Case::Insensitive`] (`--protect-path-ignore-case`);
 //! - the query is forwarded as sent, except that control characters are refused there too and
 //!   raw spaces, non-ASCII and other bytes not allowed in a URI are percent-encoded.
 //!
-//! Assumed about the app: it decodes percent-escapes once (`%252e` reaches it as `%2e`, a plain
-//! name) and routes case-sensitively without trimming trailing dots or spaces. An app on a
-//! case-insensitive file system needs rules written for every spelling, e.g. a regex `(?i)`.
+//! Assumed about the app: decoding the path once or twice gives the same result (the double
+//! encoding that could tell them apart is refused), and it routes case-sensitively without
+//! trimming trailing dots or spaces. An app on a case-insensitive file system, or one whose router
+//! ignores case, needs `--protect-path-ignore-case`.
 //!
 //! Rules (see [`ProtectionRules`]) see the path in every form an app may read it in: the
 //! normalised path, its fully percent-decoded form, and both with `;` path parameters removed from
@@ -36,7 +41,7 @@
 use std::fmt;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use regex::RegexSet;
+use regex::{RegexSet, RegexSetBuilder};
 
 /// A request target split into its normalised path and its query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +108,9 @@ pub enum PathError {
     MalformedEscape,
     /// `%2F` or `%5C`: an encoded separator, which apps disagree about.
     EncodedSeparator,
+    /// `%25` followed by two hex digits: an escape encoded twice, which an app that decodes twice
+    /// would read as another path.
+    DoubleEncoded,
     /// A control character or NUL, raw or escaped.
     ControlCharacter,
     /// Percent-escapes that do not decode to valid UTF-8 (overlong forms included).
@@ -117,6 +125,9 @@ impl fmt::Display for PathError {
             PathError::NotOriginForm => "the request path must start with '/'",
             PathError::MalformedEscape => "the request path has a malformed percent-escape",
             PathError::EncodedSeparator => "the request path has an encoded slash or backslash (%2F, %5C)",
+            PathError::DoubleEncoded => {
+                "the request path is percent-encoded twice (%25 followed by two hex digits, e.g. %252e)"
+            }
             PathError::ControlCharacter => "the request path has a control character",
             PathError::InvalidUtf8 => "the request path's percent-escapes are not valid UTF-8",
             PathError::DotSegmentWithParameters => "the request path has a dot segment with ';' parameters",
@@ -138,6 +149,9 @@ pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
         return Err(PathError::NotOriginForm);
     }
     let canonical = canonicalize_characters(raw_path)?;
+    if has_double_encoding(&canonical) {
+        return Err(PathError::DoubleEncoded);
+    }
     let path = resolve_segments(&canonical)?;
     let query = raw_query.map(canonicalize_query).transpose()?;
     Ok(NormalizedPath { path, query })
@@ -224,6 +238,15 @@ fn canonicalize_characters(raw_path: &str) -> Result<String, PathError> {
         return Err(PathError::InvalidUtf8);
     }
     Ok(out)
+}
+
+/// Whether a canonical path holds `%25` followed by two hex digits. Checked after unreserved
+/// escapes are decoded, so that `%25%32%65` (which is `%252e` once `%32%65` is decoded) is found.
+fn has_double_encoding(canonical: &str) -> bool {
+    canonical
+        .as_bytes()
+        .windows(5)
+        .any(|window| window.starts_with(b"%25") && window[3].is_ascii_hexdigit() && window[4].is_ascii_hexdigit())
 }
 
 /// Whether the percent-escapes of `raw_path`, decoded in place, leave valid UTF-8.
@@ -334,16 +357,35 @@ impl std::error::Error for RuleError {}
 /// - regex rules (`--protect-path-regex`, Rust `regex` syntax) are searched in the path
 ///   unanchored: write `^` and `$` to anchor them.
 ///
-/// All rules are case-sensitive and see the path only, never the query.
+/// Rules see the path only, never the query. They are case-sensitive unless made with
+/// [`Case::Insensitive`], which applies to every kind of rule.
 #[derive(Debug, Clone)]
 pub struct ProtectionRules {
+    /// Lower case when `case` is insensitive.
     prefixes: Vec<String>,
     globs: GlobSet,
     regexes: RegexSet,
+    case: Case,
+}
+
+/// Whether rules tell `/members` from `/MEMBERS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Case {
+    /// `/members` protects `/members` only, as in the seed: right for apps that route by case.
+    #[default]
+    Sensitive,
+    /// `/members` protects `/MEMBERS` and `/Members` too: for apps that ignore case.
+    Insensitive,
 }
 
 impl ProtectionRules {
+    /// Case-sensitive rules.
     pub fn new(prefixes: &[String], globs: &[String], regexes: &[String]) -> Result<Self, RuleError> {
+        Self::with_case(prefixes, globs, regexes, Case::Sensitive)
+    }
+
+    pub fn with_case(prefixes: &[String], globs: &[String], regexes: &[String], case: Case) -> Result<Self, RuleError> {
+        let ignore_case = case == Case::Insensitive;
         for prefix in prefixes {
             check_prefix(prefix)?;
         }
@@ -352,6 +394,7 @@ impl ProtectionRules {
             let compiled = GlobBuilder::new(glob)
                 .literal_separator(true)
                 .backslash_escape(true)
+                .case_insensitive(ignore_case)
                 .build()
                 .map_err(|err| RuleError(format!("invalid --protect-path-glob {glob:?}: {}", err.kind())))?;
             glob_set.add(compiled);
@@ -360,12 +403,18 @@ impl ProtectionRules {
             glob_set.build().map_err(|err| RuleError(format!("invalid --protect-path-glob rules: {err}")))?;
         // Compiled one by one first so that an error names its rule.
         for regex in regexes {
-            regex::Regex::new(regex)
+            regex::RegexBuilder::new(regex)
+                .case_insensitive(ignore_case)
+                .build()
                 .map_err(|err| RuleError(format!("invalid --protect-path-regex {regex:?}: {}", one_line(&err))))?;
         }
-        let regex_set = RegexSet::new(regexes)
+        let regex_set = RegexSetBuilder::new(regexes)
+            .case_insensitive(ignore_case)
+            .build()
             .map_err(|err| RuleError(format!("invalid --protect-path-regex rules: {}", one_line(&err))))?;
-        Ok(ProtectionRules { prefixes: prefixes.to_vec(), globs: glob_set, regexes: regex_set })
+        let prefixes =
+            prefixes.iter().map(|prefix| if ignore_case { prefix.to_lowercase() } else { prefix.clone() }).collect();
+        Ok(ProtectionRules { prefixes, globs: glob_set, regexes: regex_set, case })
     }
 
     /// Whether there are no rules at all (then nothing is protected).
@@ -382,7 +431,15 @@ impl ProtectionRules {
     }
 
     fn matches(&self, view: &str) -> bool {
-        self.prefixes.iter().any(|prefix| view.starts_with(prefix.as_str()))
+        let folded;
+        let prefix_view = match self.case {
+            Case::Sensitive => view,
+            Case::Insensitive => {
+                folded = view.to_lowercase();
+                folded.as_str()
+            }
+        };
+        self.prefixes.iter().any(|prefix| prefix_view.starts_with(prefix.as_str()))
             || self.globs.is_match(view)
             || self.regexes.is_match(view)
     }
@@ -467,6 +524,10 @@ mod tests {
             ("/%41%7e%2D%5f%2e", "/A~-_."),
             ("/a%3bb%2cc", "/a%3Bb%2Cc"),
             ("/a%25b", "/a%25b"),
+            // A literal `%` not followed by two hex digits cannot be decoded a second time.
+            ("/50%25off", "/50%25off"),
+            ("/100%25", "/100%25"),
+            ("/a%25%2D", "/a%25-"),
             ("/caf\u{e9}", "/caf%C3%A9"),
             ("/caf%c3%a9", "/caf%C3%A9"),
             ("/a b\"<>`{|}^[]", "/a%20b%22%3C%3E%60%7B%7C%7D%5E%5B%5D"),
@@ -495,6 +556,12 @@ mod tests {
             ("/%zz", PathError::MalformedEscape),
             ("/a%2Fb", PathError::EncodedSeparator),
             ("/a%5cb", PathError::EncodedSeparator),
+            ("/%256dembers", PathError::DoubleEncoded),
+            ("/x/%252e%252e/members", PathError::DoubleEncoded),
+            ("/%252fmembers", PathError::DoubleEncoded),
+            ("/%25%32%65", PathError::DoubleEncoded),
+            ("/%2525", PathError::DoubleEncoded),
+            ("/a%25ab", PathError::DoubleEncoded),
             ("/a%00", PathError::ControlCharacter),
             ("/a\0", PathError::ControlCharacter),
             ("/a%0d%0aX: y", PathError::ControlCharacter),
@@ -576,6 +643,36 @@ mod tests {
     }
 
     #[test]
+    fn ignoring_case_applies_to_every_kind_of_rule() {
+        let ignoring = |prefixes: &[&str], globs: &[&str], regexes: &[&str]| {
+            ProtectionRules::with_case(&strings(prefixes), &strings(globs), &strings(regexes), Case::Insensitive)
+                .expect("valid rules")
+        };
+        let prefix = ignoring(&["/Members"], &[], &[]);
+        for protected in ["/members", "/MEMBERS", "/Members/x", "/mEmBeRsHiP", "/%4dEMBERS", "/MEMBERS;x=1"] {
+            assert!(prefix.protects(&normalized(protected)), "{protected} should be protected");
+        }
+        assert!(!prefix.protects(&normalized("/public/MEMBERS")));
+        assert!(!prefix.protects(&normalized("/public?/MEMBERS")));
+        // Non-ASCII letters fold too, in the decoded view.
+        assert!(ignoring(&["/caf\u{e9}"], &[], &[]).protects(&normalized("/CAF%C3%89")));
+
+        let glob = ignoring(&[], &["/members/**"], &[]);
+        assert!(glob.protects(&normalized("/MEMBERS/X")));
+        assert!(!glob.protects(&normalized("/public/x")));
+        let regex = ignoring(&[], &[], &["^/admin(/|$)"]);
+        assert!(regex.protects(&normalized("/ADMIN/x")));
+        assert!(!regex.protects(&normalized("/ADMINISTRATOR")));
+
+        // The default stays the seed's: case-sensitive.
+        let sensitive =
+            ProtectionRules::with_case(&strings(&["/members"]), &strings(&["/admin/**"]), &[], Case::Sensitive)
+                .expect("valid rules");
+        assert!(!sensitive.protects(&normalized("/MEMBERS")));
+        assert!(!sensitive.protects(&normalized("/ADMIN/x")));
+    }
+
+    #[test]
     fn no_rules_protect_nothing() {
         let rules = ProtectionRules::new(&[], &[], &[]).expect("no rules");
         assert!(rules.is_empty());
@@ -626,6 +723,7 @@ mod tests {
         let mut readings = vec![
             forwarded.to_string(),
             decode(forwarded),
+            decode(&decode(forwarded)),
             strip_parameters(forwarded),
             decode(&strip_parameters(forwarded)),
             strip_parameters(&decode(forwarded)),
@@ -702,11 +800,14 @@ mod tests {
         ("/public/%00/../members", Refused(PathError::ControlCharacter)),
         ("/members\0", Refused(PathError::ControlCharacter)),
         ("/mem%0abers", Refused(PathError::ControlCharacter)),
-        // Overlong UTF-8 dots (`%c0%ae`) are refused; double encoding stays encoded.
+        // Overlong UTF-8 dots (`%c0%ae`) are refused, and so is double encoding (an app that
+        // decodes twice would read /members).
         ("/public/%c0%ae%c0%ae/members", Refused(PathError::InvalidUtf8)),
         ("/public/%e0%80%ae%e0%80%ae/members", Refused(PathError::InvalidUtf8)),
-        ("/public/%252e%252e/members", Forwarded { path: "/public/%252e%252e/members", protected: false }),
-        ("/%252Fmembers", Forwarded { path: "/%252Fmembers", protected: false }),
+        ("/public/%252e%252e/members", Refused(PathError::DoubleEncoded)),
+        ("/%252Fmembers", Refused(PathError::DoubleEncoded)),
+        ("/%256dembers", Refused(PathError::DoubleEncoded)),
+        ("/%25%36%64embers", Refused(PathError::DoubleEncoded)),
         // Not origin-form.
         ("members", Refused(PathError::NotOriginForm)),
         ("http://evil.example/members", Refused(PathError::NotOriginForm)),
@@ -753,5 +854,118 @@ mod tests {
     fn attacks_never_reach_a_protected_regex_without_a_session() {
         let rules = ProtectionRules::new(&[], &[], &strings(&["^/members(/|;|$)"])).expect("valid regex");
         check_attack_table(&rules, |path| path == "/members" || path.starts_with("/members/"));
+    }
+    /// Properties of the normaliser over generated targets: pieces that matter to it (slashes, dots,
+    /// escapes of every kind, `;`, `?`, `#`, backslashes, letters of `/members` in both cases) mixed
+    /// with arbitrary characters. Bounded so that the module runs in a few seconds.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::app_interpretations;
+
+        const PIECES: &[&str] = &[
+            "/", "//", ".", "..", "%", "%2e", "%2E", "%25", "%2f", "%2F", "%5c", "%5C", "\\", ";", "?", "#", "members",
+            "MEMBERS", "Members", "m", "%6d", "%4D", "%3B", "%3b", "%20", "%C3%A9", "%c0%ae", "%00", "\u{e9}", " ",
+            "~", "%7e", "public", "%252e", "%256d",
+        ];
+
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => prop::sample::select(PIECES).prop_map(str::to_string),
+                2 => prop::sample::select(&b"0123456789abcdefABCDEF"[..]).prop_map(|b| char::from(b).to_string()),
+                1 => any::<char>().prop_map(String::from),
+            ]
+        }
+
+        fn target() -> impl Strategy<Value = String> {
+            prop::collection::vec(piece(), 0..14).prop_map(|pieces| format!("/{}", pieces.concat()))
+        }
+
+        fn rule_sets() -> Vec<(ProtectionRules, Case)> {
+            let list = |items: &[&str]| items.iter().map(|item| item.to_string()).collect::<Vec<_>>();
+            [Case::Sensitive, Case::Insensitive]
+                .into_iter()
+                .map(|case| {
+                    let rules = ProtectionRules::with_case(
+                        &list(&["/members"]),
+                        &list(&["/members/**"]),
+                        &list(&["^/members(/|;|$)"]),
+                        case,
+                    )
+                    .expect("valid rules");
+                    (rules, case)
+                })
+                .collect()
+        }
+
+        fn config() -> ProptestConfig {
+            ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() }
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn never_panics(raw in any::<String>(), target in target()) {
+                let rules = rule_sets();
+                for input in [raw, target] {
+                    if let Ok(normalized) = normalize(&input) {
+                        for (rules, _) in &rules {
+                            let _ = rules.protects(&normalized);
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn normalising_is_idempotent(raw in target()) {
+                if let Ok(normalized) = normalize(&raw) {
+                    prop_assert_eq!(normalize(&normalized.to_request_target()), Ok(normalized.clone()));
+                    prop_assert_eq!(normalize(normalized.path()).map(|again| again.path().to_string()),
+                        Ok(normalized.path().to_string()));
+                }
+            }
+
+            #[test]
+            fn a_normalised_path_has_one_spelling(raw in target()) {
+                let Ok(normalized) = normalize(&raw) else { return Ok(()) };
+                let path = normalized.path();
+                prop_assert!(path.starts_with('/'));
+                prop_assert!(!path.contains("//"), "{path}");
+                prop_assert!(path.split('/').all(|segment| segment != "." && segment != ".."), "{path}");
+                prop_assert!(!path.contains(['\\', '?', '#']), "{path}");
+                prop_assert!(path.bytes().all(|b| b.is_ascii_graphic()), "{path}");
+                let bytes = path.as_bytes();
+                for (at, _) in path.match_indices('%') {
+                    let escape = &bytes[at + 1..at + 3];
+                    prop_assert!(escape.iter().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b)), "{path}");
+                    let decoded = u8::from_str_radix(std::str::from_utf8(escape).unwrap_or("zz"), 16).unwrap_or(0);
+                    prop_assert!(!matches!(decoded, b'/' | b'\\' | b'.'), "encoded separator or dot in {path}");
+                    prop_assert!(!is_unreserved(decoded), "a needless escape in {path}");
+                    if decoded == b'%' {
+                        prop_assert!(!(bytes.get(at + 3).is_some_and(u8::is_ascii_hexdigit)
+                            && bytes.get(at + 4).is_some_and(u8::is_ascii_hexdigit)), "double encoding in {path}");
+                    }
+                }
+            }
+
+            #[test]
+            fn the_decision_on_a_raw_path_is_the_decision_on_its_normalised_form(raw in target()) {
+                let Ok(normalized) = normalize(&raw) else { return Ok(()) };
+                let again = normalize(&normalized.to_request_target()).expect("a normalised target is accepted");
+                for (rules, case) in rule_sets() {
+                    let protected = rules.protects(&normalized);
+                    prop_assert_eq!(protected, rules.protects(&again));
+                    // And whatever the app makes of the forwarded path, it reaches /members only
+                    // when the rules asked for a session.
+                    for reading in app_interpretations(normalized.path()) {
+                        let reading = if case == Case::Insensitive { reading.to_lowercase() } else { reading };
+                        prop_assert!(protected || !reading.starts_with("/members"),
+                            "{raw:?} is forwarded as {:?}; an app could read {reading:?}", normalized.path());
+                    }
+                }
+            }
+        }
     }
 }

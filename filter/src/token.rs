@@ -307,6 +307,43 @@ pub fn random_jti() -> Result<String, String> {
     Ok(uuid_v4(bytes))
 }
 
+/// Whether a client's `Authorization` value carries a JWT that claims to come from this proxy:
+/// its header's `kid` is our signing key's id, or its payload's `iss` is our issuer (compared
+/// without case or a trailing slash); or it is unsigned (`alg: none`), which no honest client
+/// sends. Such a token is either forged or replayed from elsewhere, and an app that checks
+/// only `iss`, or accepts `alg: none`, would take it for one of ours, so the proxy removes it.
+///
+/// Any scheme is looked through (`Bearer`, `JWT`, none at all), and so is base64 with padding or
+/// the standard alphabet, because lenient verifiers accept those too. Anything that does not
+/// parse as a JWT (API keys, Basic credentials) is not ours.
+pub fn claims_to_be_ours(authorization: &str, our_kid: &str, our_issuer: &str) -> bool {
+    let Some(token) = authorization.split_whitespace().last() else { return false };
+    let parts: Vec<&str> = token.split('.').collect();
+    if !(2..=3).contains(&parts.len()) {
+        return false;
+    }
+    let header = decode_json_part(parts[0]);
+    let text = |value: &Option<serde_json::Value>, name: &str| -> Option<String> {
+        value.as_ref().and_then(|value| value.get(name)).and_then(|field| field.as_str()).map(str::to_string)
+    };
+    if text(&header, "kid").is_some_and(|kid| kid == our_kid)
+        || text(&header, "alg").is_some_and(|alg| alg.trim().eq_ignore_ascii_case("none"))
+    {
+        return true;
+    }
+    let same_issuer =
+        |iss: &str| iss.trim().trim_end_matches('/').eq_ignore_ascii_case(our_issuer.trim().trim_end_matches('/'));
+    text(&decode_json_part(parts[1]), "iss").is_some_and(|iss| same_issuer(&iss))
+}
+
+/// One base64(url) part of a JWT as a JSON object, if it is one.
+fn decode_json_part(part: &str) -> Option<serde_json::Value> {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    let part = part.trim_end_matches('=');
+    let bytes = B64URL.decode(part).or_else(|_| STANDARD_NO_PAD.decode(part)).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok().filter(serde_json::Value::is_object)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -529,5 +566,68 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
         assert_eq!(&random[14..15], "4");
         assert!(matches!(&random[19..20], "8" | "9" | "a" | "b"));
         assert_ne!(random, random_jti().unwrap());
+    }
+    fn part(value: serde_json::Value) -> String {
+        B64URL.encode(serde_json::to_vec(&value).unwrap())
+    }
+
+    #[test]
+    fn tokens_claiming_to_be_ours_are_recognised() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let issuer = "http://127.0.0.1:4433";
+        let ours = sign_jwt(&key, br#"{"identity":{"id":"u"}}"#, issuer, None, 1, 60, "j").unwrap();
+        let ours_at = |value: &str| claims_to_be_ours(value, key.kid(), issuer);
+        assert!(ours_at(&format!("Bearer {ours}")), "a token we signed, replayed");
+        assert!(ours_at(&format!("bearer   {ours}")));
+        assert!(ours_at(&ours), "without a scheme");
+
+        let other_claims = part(serde_json::json!({ "iss": "https://other.example", "sub": "admin" }));
+        let forged_kid =
+            format!("{}.{other_claims}.c2ln", part(serde_json::json!({ "alg": "ES256", "kid": key.kid() })));
+        assert!(ours_at(&format!("Bearer {forged_kid}")));
+
+        let our_claims = part(serde_json::json!({ "iss": issuer, "sub": "admin" }));
+        let forged_iss = format!("{}.{our_claims}.c2ln", part(serde_json::json!({ "alg": "ES256", "kid": "other" })));
+        assert!(ours_at(&format!("Bearer {forged_iss}")));
+        let iss_variant = part(serde_json::json!({ "iss": "HTTP://127.0.0.1:4433/" }));
+        assert!(ours_at(&format!("Bearer {}.{iss_variant}.c2ln", part(serde_json::json!({ "alg": "ES256" })))));
+        // Padded standard base64, as lenient verifiers accept it.
+        let padded = base64::engine::general_purpose::STANDARD.encode(br#"{"alg":"ES256","kid":"x","typ":"JWT"}"#);
+        assert!(padded.ends_with('='));
+        assert!(ours_at(&format!("Bearer {padded}.{our_claims}.c2ln")));
+
+        // Unsigned tokens, whoever they name, with or without the empty signature part.
+        let none = part(serde_json::json!({ "alg": "none", "typ": "JWT" }));
+        assert!(ours_at(&format!("Bearer {none}.{other_claims}.")));
+        assert!(ours_at(&format!("Bearer {none}.{other_claims}")));
+        assert!(ours_at(&format!("Bearer {}.{other_claims}.", part(serde_json::json!({ "alg": "None" })))));
+    }
+
+    #[test]
+    fn other_credentials_are_not_ours() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let issuer = "http://127.0.0.1:4433";
+        let not_ours = |value: &str| !claims_to_be_ours(value, key.kid(), issuer);
+        let jwk = serde_json::json!({ "kty": "EC", "crv": "P-256", "d": B64URL.encode([7u8; 32]) });
+        let other_key = SigningKey::from_config_value(&jwk).unwrap();
+        let other =
+            sign_jwt(&other_key, br#"{"identity":{"id":"u"}}"#, "https://idp.example", None, 1, 60, "j").unwrap();
+        assert!(not_ours(&format!("Bearer {other}")), "another issuer's JWT");
+        for value in [
+            "",
+            "Bearer",
+            "Bearer api-key-123",
+            "Basic dXNlcjpwYXNz",
+            "Bearer ory_st_abcdef",
+            "Bearer a.b",
+            "Bearer a.b.c.d.e",
+            "Bearer !!!.???.x",
+            "Bearer W10.W10.x", // `[]`: JSON, but not an object
+        ] {
+            assert!(not_ours(value), "{value:?}");
+        }
+        // An issuer that merely starts like ours is someone else's.
+        let longer = part(serde_json::json!({ "iss": "http://127.0.0.1:44330" }));
+        assert!(not_ours(&format!("Bearer {}.{longer}.c2ln", part(serde_json::json!({ "alg": "ES256" })))));
     }
 }

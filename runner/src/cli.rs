@@ -170,7 +170,8 @@ pub struct LocalArgs {
     pub console_url: String,
 
     /// Require a session for paths starting with this string (a plain string prefix: /members
-    /// also covers /membership). Repeatable.
+    /// also covers /membership). Case-sensitive, as in `ory proxy`: /members does not cover
+    /// /MEMBERS unless --protect-path-ignore-case. Repeatable.
     #[arg(long, value_name = "PREFIX")]
     pub protect_path_prefix: Vec<String>,
 
@@ -183,6 +184,17 @@ pub struct LocalArgs {
     /// yourself). Repeatable.
     #[arg(long, value_name = "REGEX")]
     pub protect_path_regex: Vec<String>,
+
+    /// Match the --protect-path-prefix, -glob and -regex rules without regard to case, for apps
+    /// that serve /MEMBERS like /members.
+    #[arg(long)]
+    pub protect_path_ignore_case: bool,
+
+    /// Let this client header reach your app although it names a user or a path (the proxy
+    /// removes such headers from every request: X-Remote-User, Remote-User, X-Auth-Request-*,
+    /// X-Original-URL, …). Repeatable.
+    #[arg(long, value_name = "HEADER")]
+    pub pass_client_header: Vec<String>,
 
     /// How long a JWT is valid, e.g. 60s or 5m.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
@@ -323,6 +335,12 @@ impl LocalArgs {
         if self.jwt_ttl.is_zero() {
             bail!("--jwt-ttl must be longer than 0s");
         }
+        let pass_client_headers = self
+            .pass_client_header
+            .iter()
+            .map(|name| ory_proxy_filter::forwarded::passable_header(name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| anyhow::anyhow!("--pass-client-header: {err}"))?;
         let (signing_key, _) = match &self.jwt_key {
             Some(path) => state::read_signing_key(path)?,
             None => state::kept_signing_key(&state::home()?)?,
@@ -337,7 +355,9 @@ impl LocalArgs {
                 prefixes: self.protect_path_prefix.clone(),
                 globs: self.protect_path_glob.clone(),
                 regexes: self.protect_path_regex.clone(),
+                ignore_case: self.protect_path_ignore_case,
             },
+            pass_client_headers,
             jwt_enabled: !self.no_jwt,
             jwt_ttl: self.jwt_ttl,
             jwt_audience: self.jwt_audience.clone(),
@@ -430,6 +450,43 @@ mod tests {
         assert!(error.contains("--jwt-ttl"), "{error}");
         let error = parse(&["local", "http://x", "--port", "99999"]).unwrap_err().to_string();
         assert!(error.contains("--port"), "{error}");
+    }
+
+    #[test]
+    fn case_and_passed_headers_reach_the_deployment() {
+        let key = std::env::temp_dir().join(format!("ory-proxy-cli-pass-{}.pem", std::process::id()));
+        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem())
+            .unwrap();
+        let key_arg = key.to_str().unwrap();
+        let base = ["local", "http://localhost:3000", "--jwt-key", key_arg];
+        let Command::Local(args) = parse(&base).unwrap().command else { unreachable!() };
+        let deployment = args.deployment_with(None).unwrap();
+        assert!(!deployment.protection.ignore_case, "case-sensitive by default");
+        assert!(deployment.pass_client_headers.is_empty());
+
+        let flags = [
+            &base[..],
+            &[
+                "--protect-path-ignore-case",
+                "--pass-client-header",
+                "X-Remote-User",
+                "--pass-client-header",
+                "remote-user",
+            ],
+        ]
+        .concat();
+        let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
+        let deployment = args.deployment_with(None).unwrap();
+        assert!(deployment.protection.ignore_case);
+        assert_eq!(deployment.pass_client_headers, ["x-remote-user", "remote-user"]);
+
+        for bad in ["X-Forwarded-User", "x-tenant", "not a name"] {
+            let flags = [&base[..], &["--pass-client-header", bad]].concat();
+            let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
+            let error = args.deployment_with(None).unwrap_err().to_string();
+            assert!(error.starts_with("--pass-client-header: "), "{error}");
+        }
+        std::fs::remove_file(&key).unwrap();
     }
 
     #[test]

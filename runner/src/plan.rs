@@ -25,6 +25,8 @@ pub struct Protection {
     pub prefixes: Vec<String>,
     pub globs: Vec<String>,
     pub regexes: Vec<String>,
+    /// Match every rule without regard to case.
+    pub ignore_case: bool,
 }
 
 impl Protection {
@@ -43,6 +45,8 @@ pub struct Deployment {
     pub ory_url: Option<Url>,
     pub project_api_key: Option<String>,
     pub protection: Protection,
+    /// Identity headers clients may send to the app after all (lower case, checked).
+    pub pass_client_headers: Vec<String>,
     pub jwt_enabled: bool,
     pub jwt_ttl: Duration,
     pub jwt_audience: Option<String>,
@@ -70,6 +74,7 @@ impl Deployment {
             ory_url: None,
             project_api_key: None,
             protection: Protection::default(),
+            pass_client_headers: Vec::new(),
             jwt_enabled: true,
             jwt_ttl: Duration::from_secs(60),
             jwt_audience: None,
@@ -174,14 +179,19 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
         object.insert("ory".into(), ory_config);
         object.insert("public_url".into(), json!(deployment.public_url.as_str().trim_end_matches('/')));
         object.insert("proxy_names".into(), json!(proxy_names(&deployment.listen, &deployment.public_url)));
-        object.insert(
-            "protect".into(),
-            json!({
-                "prefixes": deployment.protection.prefixes,
-                "globs": deployment.protection.globs,
-                "regexes": deployment.protection.regexes,
-            }),
-        );
+        let mut protect = json!({
+            "prefixes": deployment.protection.prefixes,
+            "globs": deployment.protection.globs,
+            "regexes": deployment.protection.regexes,
+        });
+        // Written only when set, so that configurations made before these settings read the same.
+        if deployment.protection.ignore_case {
+            protect["ignore_case"] = json!(true);
+        }
+        object.insert("protect".into(), protect);
+        if !deployment.pass_client_headers.is_empty() {
+            object.insert("pass_client_headers".into(), json!(deployment.pass_client_headers));
+        }
         object.insert(
             "jwt".into(),
             json!({
@@ -263,6 +273,21 @@ mod tests {
         deployment.ory_url = Some(Url::parse("http://127.0.0.1:4455/.ory/kratos/public").unwrap());
         let plan = plan(&deployment).unwrap();
         assert_eq!(plan.routes[1].prefix_rewrite.as_deref(), Some("/.ory/kratos/public/"));
+    }
+
+    #[test]
+    fn case_and_passed_headers_reach_the_filter_configuration() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("http://127.0.0.1:4433").unwrap());
+        let plain = plan(&deployment).unwrap();
+        assert_eq!(plain.filter["protect"].get("ignore_case"), None);
+        assert_eq!(plain.filter.get("pass_client_headers"), None);
+
+        deployment.protection.ignore_case = true;
+        deployment.pass_client_headers = vec!["x-remote-user".into()];
+        let set = plan(&deployment).unwrap();
+        assert_eq!(set.filter["protect"]["ignore_case"], true);
+        assert_eq!(set.filter["pass_client_headers"], json!(["x-remote-user"]));
     }
 
     #[test]

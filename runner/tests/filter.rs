@@ -663,7 +663,10 @@ fn path_normalisation_never_lets_a_protected_path_through() {
         ("/Members/x", Some("/Members/x")),
         ("/public?/members", Some("/public?/members")),
         ("/public?next=/members", Some("/public?next=/members")),
-        ("/public/%252e%252e/members", Some("/public/%252e%252e/members")),
+        // Double encoding is refused: an app that decodes twice would serve /members.
+        ("/public/%252e%252e/members", None),
+        ("/%256dembers", None),
+        ("/%252fmembers", None),
         ("/membe", Some("/membe")),
     ];
     for (attack, expected) in cases {
@@ -751,6 +754,159 @@ fn a_bad_configuration_refuses_to_start() {
     }))
     .unwrap();
     assert!(Harness::with_config(wasm(), &config, &["ory"]).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: identity headers, tokens claiming to be ours, double encoding, case
+// ---------------------------------------------------------------------------------------------
+
+/// Headers an app may take for "who the user is" or "which path was asked for".
+const SPOOFED_IDENTITY: &[(&str, &str)] = &[
+    ("x-kratos-authenticated-identity-id", "00000000-0000-0000-0000-000000000000"),
+    ("x-original-url", "/members"),
+    ("x-original-uri", "/members"),
+    ("x-rewrite-url", "/members"),
+    ("x-envoy-original-path", "/members"),
+    ("x-user", "admin"),
+    ("x-email", "admin@example.com"),
+    ("x-auth-request-user", "admin"),
+    ("x-auth-request-email", "admin@example.com"),
+    ("remote-user", "admin"),
+    ("x-remote-user", "admin"),
+];
+
+fn assert_no_spoofed_identity(r: &Recorded) {
+    for (name, _) in SPOOFED_IDENTITY {
+        assert_eq!(r.upstream_header(name), None, "{name} reached the app");
+    }
+}
+
+#[test]
+fn identity_and_path_override_headers_never_reach_the_app() {
+    let mut h = harness();
+    // Without credentials: no session check at all.
+    let id = get(&mut h, "/public", SPOOFED_IDENTITY);
+    assert!(h.take_http_calls().is_empty());
+    assert!(reached_app(h.recorded(id)));
+    assert_no_spoofed_identity(h.recorded(id));
+
+    // With a session, on a protected path.
+    let mut extra = SPOOFED_IDENTITY.to_vec();
+    extra.push(COOKIE);
+    let id = get(&mut h, "/members", &extra);
+    let token = whoami_call(&mut h);
+    answer_active(&mut h, token);
+    let r = h.recorded(id);
+    assert!(reached_app(r));
+    assert_no_spoofed_identity(r);
+    let jwt = bearer(r);
+    assert_eq!(verify(&mut h, &jwt)["sub"], session_json()["identity"]["id"]);
+}
+
+#[test]
+fn a_passed_client_header_reaches_the_app_and_no_other() {
+    let mut h = harness_with(json!({ "pass_client_headers": ["X-Remote-User"] }));
+    let id = get(&mut h, "/public", SPOOFED_IDENTITY);
+    let r = h.recorded(id);
+    assert!(reached_app(r));
+    assert_eq!(r.upstream_header("x-remote-user"), Some("admin"));
+    assert_eq!(r.upstream_header("remote-user"), None);
+    assert_eq!(r.upstream_header("x-original-url"), None);
+}
+
+#[test]
+fn a_configuration_passing_a_forwarding_header_refuses_to_start() {
+    let config = config(json!({ "pass_client_headers": ["x-forwarded-host"] }));
+    assert!(Harness::with_config(wasm(), &config, &["ory"]).is_err());
+}
+
+/// A compact JWT with these header and claims and a signature that verifies nowhere.
+fn forged_jwt(header: Value, claims: Value) -> String {
+    let part = |value: Value| B64.encode(serde_json::to_vec(&value).expect("JSON"));
+    format!("{}.{}.{}", part(header), part(claims), B64.encode([7u8; 64]))
+}
+
+fn our_kid(h: &mut Harness) -> String {
+    let id = get(h, "/.ory/jwks.json", &[]);
+    body_json(h.recorded(id))["keys"][0]["kid"].as_str().expect("a kid").to_string()
+}
+
+#[test]
+fn a_client_token_claiming_to_be_ours_never_reaches_the_app() {
+    let mut h = harness();
+    let kid = our_kid(&mut h);
+    let claims = json!({ "sub": session_json()["identity"]["id"], "iss": ORY, "exp": 4_000_000_000u64 });
+    let forged = [
+        forged_jwt(json!({ "alg": "ES256", "kid": kid, "typ": "JWT" }), json!({ "sub": "admin" })),
+        forged_jwt(json!({ "alg": "ES256", "kid": "someone-else", "typ": "JWT" }), claims.clone()),
+        format!("{}.{}.", B64.encode(br#"{"alg":"none","typ":"JWT"}"#), B64.encode(claims.to_string())),
+    ];
+    for token in &forged {
+        let authorization = format!("Bearer {token}");
+        // No other credentials: removed, so there is nothing to ask Ory about.
+        let id = get(&mut h, "/public", &[("authorization", &authorization)]);
+        assert!(h.take_http_calls().is_empty(), "the forged token was sent to Ory: {token}");
+        let r = h.recorded(id);
+        assert!(reached_app(r));
+        assert_eq!(r.upstream_header("authorization"), None, "{token}");
+
+        // With a session the proxy's own JWT replaces it, and Ory never sees the forgery.
+        let id = get(&mut h, "/members", &[COOKIE, ("authorization", &authorization)]);
+        // (The first asks Ory; the others find the session in the cache.)
+        let calls = h.take_http_calls();
+        assert!(calls.len() <= 1, "{calls:?}");
+        if let Some(call) = calls.first() {
+            assert_eq!(call.headers.get_str("authorization"), None);
+            answer_active(&mut h, call.token);
+        }
+        let jwt = bearer(h.recorded(id));
+        assert_ne!(&jwt, token);
+        verify(&mut h, &jwt);
+    }
+
+    // Another issuer's JWT is an ordinary credential and passes, as an API key does.
+    let other = forged_jwt(json!({ "alg": "RS256", "kid": "idp-key" }), json!({ "iss": "https://idp.example" }));
+    let authorization = format!("Bearer {other}");
+    let id = get(&mut h, "/public", &[("authorization", &authorization)]);
+    let token = whoami_call(&mut h);
+    answer_401(&mut h, token);
+    assert_eq!(h.recorded(id).upstream_header("authorization"), Some(authorization.as_str()));
+}
+
+#[test]
+fn double_encoded_paths_are_refused_with_400() {
+    let mut h = harness();
+    for path in ["/%256dembers", "/x/%252e%252e/members", "/%252fmembers", "/public/%25%32%65%25%32%65/members"] {
+        let id = get(&mut h, path, &[API]);
+        let r = h.recorded(id);
+        assert!(!reached_app(r), "{path} reached the app");
+        assert_eq!(r.status(), Some(400), "{path}");
+        let message = body_json(r)["error"]["reason"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains("percent-encoded twice"), "{path}: {message}");
+    }
+    // A literal percent sign that cannot be decoded again still passes.
+    let id = get(&mut h, "/offers/50%25off", &[]);
+    assert_eq!(h.recorded(id).upstream_header(":path"), Some("/offers/50%25off"));
+}
+
+#[test]
+fn ignore_case_protects_every_spelling_of_a_rule() {
+    let mut h = harness_with(json!({
+        "protect": { "prefixes": ["/members"], "globs": ["/admin/**"], "regexes": ["^/api/private"], "ignore_case": true },
+    }));
+    for path in ["/MEMBERS", "/Members/x", "/%4dembers", "/ADMIN/x", "/API/Private/1"] {
+        let id = get(&mut h, path, &[BROWSER]);
+        let r = h.recorded(id);
+        assert!(!reached_app(r), "{path} reached the app");
+        assert_eq!(r.status(), Some(303), "{path}: sent to login");
+    }
+    let id = get(&mut h, "/public/MEMBERS", &[BROWSER]);
+    assert!(reached_app(h.recorded(id)));
+
+    // Case-sensitive by default, as the seed.
+    let mut h = harness();
+    let id = get(&mut h, "/MEMBERS", &[BROWSER]);
+    assert!(reached_app(h.recorded(id)));
 }
 
 // ---------------------------------------------------------------------------------------------
