@@ -13,7 +13,6 @@ use http::StatusCode;
 use ory_proxy::plan::Deployment;
 use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, response, spawn_server};
 use ory_proxy_tests::standin::{DEMO_EMAIL, RunningStandin, Standin, StandinConfig};
-use p256::ecdsa::signature::Verifier as _;
 use serde_json::{Value, json};
 
 const JSON: (&str, &str) = ("accept", "application/json");
@@ -104,16 +103,7 @@ fn forged_jwt(header: Value, claims: Value) -> String {
 
 /// Verifies `jwt` with the published key and returns its header's kid.
 fn verified_kid(jwks: &Value, jwt: &str) -> String {
-    let (signed, signature) = jwt.rsplit_once('.').expect("a JWS");
-    let (header, _) = signed.split_once('.').expect("header and payload");
-    let header: Value = serde_json::from_slice(&B64URL.decode(header).unwrap()).unwrap();
-    let key = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == header["kid"]).expect("kid in JWKS");
-    let mut point = vec![4u8];
-    point.extend(B64URL.decode(key["x"].as_str().unwrap()).unwrap());
-    point.extend(B64URL.decode(key["y"].as_str().unwrap()).unwrap());
-    let verifier = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
-    let signature = p256::ecdsa::Signature::from_slice(&B64URL.decode(signature).unwrap()).unwrap();
-    verifier.verify(signed.as_bytes(), &signature).expect("the JWT verifies with the published key");
+    let (header, _) = common::jwt::verify(jwks, jwt);
     header["kid"].as_str().unwrap().to_string()
 }
 

@@ -6,8 +6,6 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use common::host::{Filter, Host, Proxy};
 use http::{Method, StatusCode};
 use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, read_body, response, spawn_server};
@@ -87,10 +85,7 @@ both_hosts! {
         assert_eq!(jwk["alg"], "ES256");
         assert_eq!(jwk["use"], "sig");
 
-        let mut point = vec![4u8];
-        point.extend(B64URL.decode(jwk["x"].as_str().unwrap()).unwrap());
-        point.extend(B64URL.decode(jwk["y"].as_str().unwrap()).unwrap());
-        let published = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
+        let published = common::jwt::public_key(jwk);
 
         let signer = p256::ecdsa::SigningKey::from_pkcs8_pem(&key).unwrap();
         let signature: p256::ecdsa::Signature = signer.sign(b"signed by the test");

@@ -6,15 +6,12 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use common::host::{Host, Proxy};
 use common::{Jar, browser_login, cookie_attributes};
 use http::StatusCode;
 use ory_proxy::plan::Deployment;
 use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, response, spawn_server};
 use ory_proxy_tests::standin::{DEMO_EMAIL, DEMO_PASSWORD, Fault, RunningStandin, Standin, StandinConfig};
-use p256::ecdsa::signature::Verifier as _;
 use serde_json::Value;
 
 const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
@@ -78,21 +75,7 @@ impl World {
     /// Checks the JWT the app received against the proxy's JWKS and returns its claims.
     async fn verified_claims(&self, jwt: &str) -> Value {
         let jwks = self.client.get(&self.url("/.ory/jwks.json"), &[]).await.unwrap().json().unwrap();
-        let (signed, signature) = jwt.rsplit_once('.').expect("a JWS");
-        let (header, payload) = signed.split_once('.').expect("header and payload");
-        let header: Value = serde_json::from_slice(&B64URL.decode(header).unwrap()).unwrap();
-        assert_eq!(header["alg"], "ES256");
-        assert_eq!(header["typ"], "JWT");
-        let key = jwks["keys"].as_array().unwrap().iter().find(|k| k["kid"] == header["kid"]).expect("kid in JWKS");
-        let mut point = vec![4u8];
-        point.extend(B64URL.decode(key["x"].as_str().unwrap()).unwrap());
-        point.extend(B64URL.decode(key["y"].as_str().unwrap()).unwrap());
-        let verifier = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
-        let signature = B64URL.decode(signature).unwrap();
-        assert_eq!(signature.len(), 64, "raw R||S");
-        let signature = p256::ecdsa::Signature::from_slice(&signature).unwrap();
-        verifier.verify(signed.as_bytes(), &signature).expect("the JWT verifies with the published key");
-        serde_json::from_slice(&B64URL.decode(payload).unwrap()).unwrap()
+        common::jwt::verify(&jwks, jwt).1
     }
 }
 

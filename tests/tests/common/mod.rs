@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod host;
+pub mod jwt;
 pub mod tls;
 
 use std::collections::{BTreeMap, HashMap};
