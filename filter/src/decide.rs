@@ -87,6 +87,12 @@ pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_add
         &config.public_origin,
         &config.proxy_names,
     );
+    // Two `Host` headers are a smuggling device (RFC 9112 §3.2: answer 400). Envoy joins them
+    // into one `:authority` with a comma, which no host name has.
+    if header(headers, ":authority").is_some_and(|authority| authority.contains(',')) {
+        let reason = "the request names more than one host";
+        return RequestPlan::Reply(json_reply(400, error_json(400, "Bad Request", reason, "The request was refused")));
+    }
     let raw_path = header(headers, ":path").unwrap_or_default();
     let target = match normalize(raw_path) {
         Ok(target) => target,
@@ -383,7 +389,7 @@ fn redirect(location: String) -> LocalResponse {
     }
 }
 
-fn json_reply(status: u32, body: Vec<u8>) -> LocalResponse {
+pub(crate) fn json_reply(status: u32, body: Vec<u8>) -> LocalResponse {
     LocalResponse {
         status,
         headers: vec![
@@ -410,7 +416,7 @@ fn html_reply(status: u32, title: &str, message: &str) -> LocalResponse {
 }
 
 /// Ory's error shape (`errorGeneric`).
-fn error_json(code: u32, status: &str, reason: &str, message: &str) -> Vec<u8> {
+pub(crate) fn error_json(code: u32, status: &str, reason: &str, message: &str) -> Vec<u8> {
     serde_json::json!({ "error": { "code": code, "status": status, "reason": reason, "message": message } })
         .to_string()
         .into_bytes()
@@ -606,6 +612,21 @@ mod tests {
         ));
         assert_eq!(app.origin.to_string(), "http://localhost:4000");
         assert_eq!(get(&app.headers, "x-forwarded-host").as_deref(), Some("localhost:4000"));
+    }
+
+    #[test]
+    fn a_request_naming_two_hosts_gets_400() {
+        let headers: Headers = request("/", &[])
+            .into_iter()
+            .map(|(k, v)| if k == ":authority" { (k, "localhost:4000,evil.com".to_string()) } else { (k, v) })
+            .collect();
+        match plan_request(&config(), &headers, None) {
+            RequestPlan::Reply(reply) => {
+                assert_eq!(reply.status, 400);
+                assert!(String::from_utf8_lossy(&reply.body).contains("more than one host"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

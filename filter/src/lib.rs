@@ -15,6 +15,7 @@ pub mod paths;
 pub mod rewrite;
 pub mod session;
 pub mod token;
+pub mod upgrade;
 
 /// The filter's version, shown by `ory-proxy --version` for the embedded module.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -43,6 +44,7 @@ mod glue {
     use crate::endpoints::{self, LocalResponse};
     use crate::origin::{Origin, proxy_origin};
     use crate::session::{Credentials, Session, WhoamiOutcome, classify_whoami, whoami_request_headers};
+    use crate::upgrade;
 
     /// How often the root context sweeps the cache and re-asks for orphaned calls.
     const TICK: Duration = Duration::from_secs(1);
@@ -95,6 +97,8 @@ mod glue {
         rewrite_body: bool,
         content_type: Option<String>,
         content_encoding: Option<String>,
+        /// The request asked to open a WebSocket: the one protocol switch let through.
+        websocket: bool,
     }
 
     struct Root {
@@ -232,6 +236,7 @@ mod glue {
     impl HttpContext for Request {
         fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
             let headers = read_map(MapType::HttpRequestHeaders);
+            self.flow.borrow_mut().websocket = upgrade::asks_for_websocket(&headers);
             let method = header(&headers, ":method").unwrap_or_default().to_string();
             let path = header(&headers, ":path").unwrap_or_default().to_string();
             let config = self.config.clone();
@@ -298,13 +303,17 @@ mod glue {
         }
 
         fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+            let headers = read_map(MapType::HttpResponseHeaders);
+            if let Some(refusal) = upgrade::refused_switch(self.flow.borrow().websocket, &headers) {
+                log::warn("refused a protocol switch nobody asked for");
+                return send_reply(&refusal);
+            }
             let Some(ory) = self.config.ory.as_ref() else { return Action::Continue };
             let mut flow = self.flow.borrow_mut();
             let Some(origin) = flow.origin.clone() else { return Action::Continue };
             if let Some(hash) = flow.logout {
                 evict(ory, &hash);
             }
-            let headers = read_map(MapType::HttpResponseHeaders);
             let context = ResponseContext {
                 origin: &origin,
                 request_origin: flow.request_origin.as_deref(),
