@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use url::Url;
 
 use crate::plan::{Deployment, Protection};
+use crate::proxy::Limits;
 use crate::{ory_url, state};
 
 const ABOUT: &str = "Put your app and Ory on one origin, and hand your app a signed JWT of every session.";
@@ -242,6 +243,28 @@ pub struct LocalArgs {
     #[arg(long, value_name = "FILE")]
     pub upstream_ca_file: Option<PathBuf>,
 
+    /// How long a client may take from the first byte of an HTTP/1.1 request to the end of its
+    /// headers before the connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_nonzero_duration, help_heading = "Limits")]
+    pub request_headers_timeout: Duration,
+
+    /// How long a client connection may stay open with no request on it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_nonzero_duration, help_heading = "Limits")]
+    pub idle_timeout: Duration,
+
+    /// The most client connections served at once; more are closed as they arrive.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    pub max_connections: u32,
+
+    /// The most a request's headers may take, in KiB; more is answered 431.
+    #[arg(long, value_name = "KIB", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=8192), help_heading = "Limits")]
+    pub max_request_headers_kb: u32,
+
+    /// The longest your app or Ory may stay silent: waiting for response headers (then 504), and
+    /// between chunks of a response body (then the response is cut short).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_nonzero_duration, help_heading = "Limits")]
+    pub upstream_timeout: Duration,
+
     /// Run this proxy-wasm filter instead of the built-in one.
     #[arg(long, value_name = "FILE.wasm")]
     pub filter: Option<PathBuf>,
@@ -264,6 +287,13 @@ pub struct LocalArgs {
 }
 
 /// `90`, `90s`, `500ms`, `5m`, `1h`.
+fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        duration if duration.is_zero() => Err("must be longer than 0s".into()),
+        duration => Ok(duration),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -368,6 +398,13 @@ impl LocalArgs {
             additional_cors_headers: self.additional_cors_headers.clone(),
             rewrite_host: self.rewrite_host,
             upstream_ca_file: self.upstream_ca_file.clone(),
+            limits: Limits {
+                request_headers_timeout: self.request_headers_timeout,
+                idle_timeout: self.idle_timeout,
+                max_connections: self.max_connections as usize,
+                max_request_headers_bytes: self.max_request_headers_kb as usize * 1024,
+                upstream_timeout: self.upstream_timeout,
+            },
             signing_key,
         })
     }

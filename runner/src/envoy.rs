@@ -11,11 +11,13 @@
 //! configuration, so tokens signed by any of them verify against the one JWKS. The bootstrap is
 //! therefore a secret, like the key file it was made from.
 
+use std::time::Duration;
+
 use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
 use url::{Host, Url};
 
 use crate::plan::{FILTER_NAME, Plan};
-use crate::proxy::{Cluster, Route};
+use crate::proxy::{Cluster, Limits, Route};
 
 /// Where the official Envoy image (and most installs) find the module unless told otherwise.
 pub const DEFAULT_MODULE_PATH: &str = "/etc/envoy/ory_proxy_filter.wasm";
@@ -36,6 +38,8 @@ pub mod type_url {
     pub const UPSTREAM_TLS_CONTEXT: &str =
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
     pub const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+    pub const DOWNSTREAM_CONNECTIONS: &str =
+        "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig";
 }
 
 /// The Wasm runtime every Envoy build ships.
@@ -100,7 +104,29 @@ pub fn bootstrap(plan: &Plan, options: &EnvoyOptions) -> Node {
         "static_resources",
         map([("listeners", Node::List(vec![listener(plan, options)])), ("clusters", Node::List(clusters))]),
     ));
+    root.push(("overload_manager", overload_manager(&plan.limits)));
     Node::map(root)
+}
+
+/// `--max-connections`: Envoy closes client connections beyond the limit as they arrive, as the
+/// runner does.
+fn overload_manager(limits: &Limits) -> Node {
+    let monitor = map([
+        ("name", "envoy.resource_monitors.global_downstream_max_connections".into()),
+        (
+            "typed_config",
+            map([
+                ("@type", type_url::DOWNSTREAM_CONNECTIONS.into()),
+                ("max_active_downstream_connections", (limits.max_connections as u64).into()),
+            ]),
+        ),
+    ]);
+    map([("resource_monitors", Node::List(vec![monitor]))])
+}
+
+/// A protobuf `Duration` as JSON and YAML write it: seconds, with a fraction when there is one.
+fn duration(duration: Duration) -> Node {
+    format!("{}s", duration.as_secs_f64()).into()
 }
 
 fn listener(plan: &Plan, options: &EnvoyOptions) -> Node {
@@ -118,7 +144,12 @@ fn listener(plan: &Plan, options: &EnvoyOptions) -> Node {
         ("normalize_path", true.into()),
         ("merge_slashes", true.into()),
         ("upgrade_configs", Node::List(vec![map([("upgrade_type", "websocket".into())])])),
-        ("route_config", route_config(&plan.routes)),
+        // The runner's limits (see `proxy::Limits`): a request head, a connection with no
+        // request, the size of a request's headers.
+        ("request_headers_timeout", duration(plan.limits.request_headers_timeout)),
+        ("common_http_protocol_options", map([("idle_timeout", duration(plan.limits.idle_timeout))])),
+        ("max_request_headers_kb", ((plan.limits.max_request_headers_bytes / 1024) as u64).into()),
+        ("route_config", route_config(&plan.routes, &plan.limits)),
         ("http_filters", Node::List(vec![wasm_filter(plan, options), router_filter()])),
     ]);
     map([
@@ -139,10 +170,10 @@ fn listener(plan: &Plan, options: &EnvoyOptions) -> Node {
 
 /// Envoy takes the first route that matches; the runner the longest prefix. Longest first makes
 /// them agree.
-fn route_config(routes: &[Route]) -> Node {
+fn route_config(routes: &[Route], limits: &Limits) -> Node {
     let mut ordered: Vec<&Route> = routes.iter().collect();
     ordered.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
-    let routes = ordered.into_iter().map(envoy_route).collect();
+    let routes = ordered.into_iter().map(|route| envoy_route(route, limits)).collect();
     map([
         ("name", "ory_proxy".into()),
         (
@@ -156,7 +187,7 @@ fn route_config(routes: &[Route]) -> Node {
     ])
 }
 
-fn envoy_route(route: &Route) -> Node {
+fn envoy_route(route: &Route, limits: &Limits) -> Node {
     let mut action = vec![("cluster", Node::from(route.cluster.as_str()))];
     if let Some(rewrite) = &route.prefix_rewrite {
         action.push(("prefix_rewrite", rewrite.as_str().into()));
@@ -164,11 +195,14 @@ fn envoy_route(route: &Route) -> Node {
     if let Some(host) = &route.host_rewrite {
         action.push(("host_rewrite_literal", host.as_str().into()));
     }
-    // Ory answers small documents; the app may stream (downloads, server-sent events,
-    // WebSockets), so its route has no overall limit and the connection manager's idle timeout
-    // (5 minutes unless set) ends streams that stall.
-    let timeout = if route.cluster == crate::plan::ORY_CLUSTER { "60s" } else { "0s" };
-    action.push(("timeout", timeout.into()));
+    // `--upstream-timeout` bounds silence, not length: downloads and server-sent events may run
+    // as long as data keeps coming. No overall limit, then, and the router's idle timeout, which
+    // runs from the request's end (504 before response headers, a reset after), as the runner's.
+    action.push(("timeout", "0s".into()));
+    action.push((
+        "retry_policy",
+        map([("num_retries", 0u64.into()), ("per_try_idle_timeout", duration(limits.upstream_timeout))]),
+    ));
     map([("match", map([("prefix", route.prefix.as_str().into())])), ("route", Node::map(action))])
 }
 
@@ -305,6 +339,12 @@ impl From<String> for Node {
 impl From<u16> for Node {
     fn from(value: u16) -> Node {
         Node::Int(value.into())
+    }
+}
+
+impl From<u64> for Node {
+    fn from(value: u64) -> Node {
+        Node::Int(value)
     }
 }
 

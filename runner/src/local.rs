@@ -47,7 +47,7 @@ pub async fn start_with_tls(plan: &Plan, wasm: &[u8], tls: Option<Arc<rustls::Se
     let plugin = load_filter(plan, wasm)?;
     let clusters = Clusters::new(plan.clusters.clone(), plan.upstream_ca_file.as_deref())?;
     let pool = FilterPool::start(plugin, clusters, PoolOptions::default()).context("starting the filter")?;
-    let options = ServeOptions { listen: plan.listen, tls, ..ServeOptions::default() };
+    let options = ServeOptions { listen: plan.listen, limits: plan.limits, tls, ..ServeOptions::default() };
     Proxy::bind(pool, plan.routes.clone(), options).await
 }
 

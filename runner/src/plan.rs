@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::proxy::{Cluster, Route};
+use crate::proxy::{Cluster, Limits, Route};
 
 pub const APP_CLUSTER: &str = "app";
 pub const ORY_CLUSTER: &str = "ory";
@@ -59,6 +59,8 @@ pub struct Deployment {
     pub rewrite_host: bool,
     /// Trust only these CA certificates (PEM) for HTTPS upstreams.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Timeouts and sizes that bound clients and upstreams.
+    pub limits: Limits,
     /// The ES256 key as PEM (or a private JWK).
     pub signing_key: String,
 }
@@ -85,6 +87,7 @@ impl Deployment {
             additional_cors_headers: Vec::new(),
             rewrite_host: false,
             upstream_ca_file: None,
+            limits: Limits::default(),
             signing_key,
         }
     }
@@ -99,6 +102,7 @@ pub struct Plan {
     pub routes: Vec<Route>,
     /// The CA certificates (PEM) HTTPS upstreams are verified against, instead of the usual roots.
     pub upstream_ca_file: Option<PathBuf>,
+    pub limits: Limits,
     /// The filter's configuration; [`Plan::filter_configuration`] is its exact bytes.
     pub filter: Value,
 }
@@ -224,6 +228,7 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
         clusters,
         routes,
         upstream_ca_file: deployment.upstream_ca_file.clone(),
+        limits: deployment.limits,
         filter,
     })
 }

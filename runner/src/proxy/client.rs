@@ -1,7 +1,6 @@
 //! Requests to clusters: the app, Ory, and whatever a filter calls with `proxy_http_call`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,7 +17,15 @@ use hyper_util::rt::TokioExecutor;
 use super::Cluster;
 use crate::host::{HeaderList, HttpCallRequest, HttpCallResponse};
 
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// A body as the proxy passes it on. It can fail: a body cut short upstream (or by the filter)
+/// must reach the other side as an error — a connection closed without the last chunk, a reset
+/// stream — and never as a clean, shorter end.
+pub type Body = UnsyncBoxBody<Bytes, BodyCut>;
+
+/// Why a body ended before its end.
+#[derive(Debug, thiserror::Error)]
+#[error("the body was cut short: {0}")]
+pub struct BodyCut(pub &'static str);
 
 /// Why an upstream request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +66,8 @@ pub struct Destination<'a> {
     pub path: &'a str,
     /// Replaces the `Host` header.
     pub host: Option<&'a str>,
-    /// The protocol the client asked to switch to (WebSocket), passed on as `Upgrade`.
-    pub protocol_upgrade: Option<&'a HeaderValue>,
+    /// The client opens a WebSocket: ask the upstream for the same switch.
+    pub websocket: bool,
 }
 
 /// A TLS client configuration that trusts exactly the CA certificates in the PEM file at `path`.
@@ -83,9 +90,19 @@ fn tls_config_trusting(path: &Path) -> anyhow::Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
-pub const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"];
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1; `http2-settings`
+/// belongs to the h2c upgrade, RFC 7540 §3.2, which only this hop could have accepted).
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "host",
+];
 
 /// The clusters and one connection pool for all of them.
 #[derive(Clone)]
@@ -133,10 +150,10 @@ impl Clusters {
         let cluster = to.cluster;
         let target = self.clusters.get(cluster).ok_or_else(|| UpstreamError::UnknownCluster(cluster.into()))?;
         let mut request = build_request(target, headers, to.path, to.host, body)?;
-        if let Some(protocol) = to.protocol_upgrade {
+        if to.websocket {
             // Hop-by-hop headers are this hop's to set: ask the upstream for the same switch.
             request.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
-            request.headers_mut().insert(http::header::UPGRADE, protocol.clone());
+            request.headers_mut().insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
         }
         match tokio::time::timeout(timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout(cluster.into())),
@@ -160,7 +177,7 @@ impl Clusters {
         let body = full(call.body);
         let timeout = if call.timeout.is_zero() { Duration::from_secs(60) } else { call.timeout };
         let started = tokio::time::Instant::now();
-        let to = Destination { cluster: &call.cluster, path: &path, host: None, protocol_upgrade: None };
+        let to = Destination { cluster: &call.cluster, path: &path, host: None, websocket: false };
         let response = match self.send(to, &call.headers, body, timeout).await {
             Ok(response) => response,
             Err(UpstreamError::Timeout(_)) => return Some(HttpCallResponse::timeout()),

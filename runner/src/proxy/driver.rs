@@ -1,6 +1,5 @@
 //! One request through the filter and out to a cluster: the I/O around an [`Exchange`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
 
-use super::client::{Body, Destination, UpstreamError, fill_header_map, full, header_list_from};
+use super::client::{Body, BodyCut, Destination, UpstreamError, fill_header_map, full, header_list_from};
 use super::pool::{FilterPool, Lease, Signal};
 use super::{Route, rewrite_path, route_for};
 use crate::host::{Exchange, HeaderList, Out, Step, StreamInfo};
@@ -32,17 +31,48 @@ pub struct Connection {
 pub struct Shared {
     pub pool: Arc<FilterPool>,
     pub routes: Vec<Route>,
+    /// The longest an upstream may stay silent: before its response headers, and between the
+    /// chunks of its body.
     pub upstream_timeout: Duration,
 }
 
-type FrameSender = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+enum Piece {
+    Data(Bytes),
+    End,
+}
 
-fn channel_body() -> (FrameSender, Body) {
+/// The writing end of a streamed body. Only [`BodySender::finish`] ends the body cleanly: one
+/// dropped before (the upstream failed, the filter failed or reset the stream) ends it with an
+/// error, so the other side sees it cut short instead of a complete, shorter body.
+struct BodySender(mpsc::Sender<Piece>);
+
+impl BodySender {
+    /// Passes a chunk on; false when nobody reads the body any more.
+    async fn send(&self, data: Vec<u8>) -> bool {
+        data.is_empty() || self.0.send(Piece::Data(Bytes::from(data))).await.is_ok()
+    }
+
+    async fn finish(self) {
+        let _ = self.0.send(Piece::End).await;
+    }
+}
+
+fn channel_body() -> (BodySender, Body) {
     let (sender, receiver) = mpsc::channel(8);
-    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|frame| (frame, receiver))
+    let stream = futures_util::stream::unfold(Some(receiver), |receiver| async move {
+        let mut receiver = receiver?;
+        match receiver.recv().await {
+            Some(Piece::Data(data)) => Some((Ok(Frame::data(data)), Some(receiver))),
+            Some(Piece::End) => None,
+            None => {
+                // Once more pending first, so that hyper writes out what it already holds
+                // before the error makes it drop the connection.
+                tokio::task::yield_now().await;
+                Some((Err(BodyCut("the proxy stopped passing it on")), None))
+            }
+        }
     });
-    (sender, StreamBody::new(stream).boxed_unsync())
+    (BodySender(sender), StreamBody::new(stream).boxed_unsync())
 }
 
 /// What a request gets when the filter failed on it: 503, as in Envoy (whose body is empty; this
@@ -59,20 +89,47 @@ pub fn plain_response(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
+/// What Envoy's connection manager answers itself, before any filter sees the request: HTTP/1.0
+/// is refused (Envoy's `accept_http_10` is off by default), and a request must name its host.
+fn refused_at_the_edge(request: &Request<Incoming>) -> Option<Response<Body>> {
+    let (status, message) = if request.version() < http::Version::HTTP_11 {
+        (StatusCode::UPGRADE_REQUIRED, "Upgrade Required")
+    } else if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
+        (StatusCode::BAD_REQUEST, "")
+    } else {
+        return None;
+    };
+    let mut response = Response::new(full(message));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if !message.is_empty() {
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    }
+    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    Some(response)
+}
+
 /// The request as the filter sees it: pseudo-headers first, in Envoy's order, then the headers
 /// that are not about this connection alone, then the ones an edge Envoy manages itself
 /// ([`edge_headers`]).
 fn request_header_list(request: &Request<Incoming>, connection: &Connection) -> HeaderList {
     let mut list = HeaderList::new();
-    let authority = request
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
-        .unwrap_or_default();
-    list.add(":authority", authority.as_bytes());
-    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    list.add(":path", path.as_bytes());
+    // Several `Host` headers become one `:authority` joined with commas, as Envoy's codec
+    // joins them (the filter refuses a host name with a comma in it).
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.as_str().as_bytes().to_vec(),
+        None => {
+            let hosts: Vec<&[u8]> =
+                request.headers().get_all(http::header::HOST).iter().map(|h| h.as_bytes()).collect();
+            hosts.join(&b","[..])
+        }
+    };
+    list.add(":authority", &authority);
+    // A CONNECT names only an authority: no `:path`, as in Envoy.
+    if request.method() != http::Method::CONNECT {
+        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        list.add(":path", path.as_bytes());
+    }
     list.add(":method", request.method().as_str().as_bytes());
     list.add(":scheme", if connection.tls { b"https" } else { b"http" });
     // Headers a client names in `Connection` are for this hop only (and must not be used to make
@@ -91,6 +148,12 @@ fn request_header_list(request: &Request<Incoming>, connection: &Connection) -> 
             continue;
         }
         list.add(name, value.as_bytes());
+    }
+    // A WebSocket handshake keeps its hop-by-hop pair, as in Envoy: the filter sees what it
+    // lets through.
+    if is_websocket_handshake(request) {
+        list.add("connection", b"upgrade");
+        list.add("upgrade", b"websocket");
     }
     edge_headers(&mut list, connection);
     list
@@ -130,16 +193,15 @@ struct Driver {
     /// Where the response head goes (the hyper service is waiting on it).
     respond: Option<oneshot::Sender<Response<Body>>>,
     request_body: Option<Incoming>,
-    upstream_sink: Option<FrameSender>,
+    upstream_sink: Option<BodySender>,
     upstream: Option<BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
     /// When the request was sent upstream (for `x-envoy-upstream-service-time`).
     upstream_sent: Option<std::time::Instant>,
     upstream_body: Option<Incoming>,
-    downstream_sink: Option<FrameSender>,
+    downstream_sink: Option<BodySender>,
     finished: bool,
-    /// A client asking to switch protocols (WebSocket): what it asked for, and its side of the
-    /// connection once hyper hands it over.
-    client_upgrade: Option<(http::HeaderValue, OnUpgrade)>,
+    /// A client asking for a WebSocket: its side of the connection once hyper hands it over.
+    client_upgrade: Option<OnUpgrade>,
     upstream_upgrade: Option<OnUpgrade>,
     /// For the access log.
     method: String,
@@ -156,6 +218,10 @@ pub async fn drive(
     connection: Connection,
     respond: oneshot::Sender<Response<Body>>,
 ) {
+    if let Some(refusal) = refused_at_the_edge(&request) {
+        let _ = respond.send(refusal);
+        return;
+    }
     let info = StreamInfo {
         source: Some(connection.peer),
         destination: Some(connection.local),
@@ -170,8 +236,7 @@ pub async fn drive(
         }
     };
     let headers = request_header_list(&request, &connection);
-    let client_upgrade =
-        requested_upgrade(request.headers()).map(|protocol| (protocol, hyper::upgrade::on(&mut request)));
+    let client_upgrade = is_websocket_handshake(&request).then(|| hyper::upgrade::on(&mut request));
     let method = request.method().to_string();
     let path = request.uri().path().to_string();
     let (_, body) = request.into_parts();
@@ -225,11 +290,19 @@ impl Driver {
                     self.upstream = None;
                     self.upstream_answered(response).await;
                 },
-                frame = next_frame(&mut self.upstream_body), if self.upstream_body.is_some() => {
+                frame = tokio::time::timeout(self.shared.upstream_timeout, next_frame(&mut self.upstream_body)),
+                    if self.upstream_body.is_some() =>
+                {
                     let (data, end) = match frame {
-                        Ok(frame) => frame,
-                        Err(error) => {
-                            tracing::debug!(%error, "reading the upstream body");
+                        Ok(Ok(frame)) => frame,
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, path = self.path, "the upstream body was cut short");
+                            self.abort_downstream();
+                            break;
+                        }
+                        Err(_) => {
+                            let silent = self.shared.upstream_timeout;
+                            tracing::warn!(path = self.path, "the upstream body stalled for {silent:?}: cutting it short");
                             self.abort_downstream();
                             break;
                         }
@@ -288,13 +361,12 @@ impl Driver {
             Out::RequestHeaders(headers, end) => self.start_upstream(headers, end),
             Out::RequestData(data, end) => {
                 if let Some(sink) = &self.upstream_sink
-                    && !data.is_empty()
-                    && sink.send(Ok(Frame::data(Bytes::from(data)))).await.is_err()
+                    && !sink.send(data).await
                 {
                     self.upstream_sink = None;
                 }
-                if end {
-                    self.upstream_sink = None;
+                if end && let Some(sink) = self.upstream_sink.take() {
+                    sink.finish().await;
                 }
             }
             Out::Replied { .. } => {
@@ -306,15 +378,16 @@ impl Driver {
             Out::ResponseHeaders(headers, end) => self.send_response_head(headers, end),
             Out::ResponseData(data, end) => {
                 if let Some(sink) = &self.downstream_sink
-                    && !data.is_empty()
-                    && sink.send(Ok(Frame::data(Bytes::from(data)))).await.is_err()
+                    && !sink.send(data).await
                 {
                     // The client went away.
                     self.downstream_sink = None;
                     self.finished = true;
                 }
                 if end {
-                    self.downstream_sink = None;
+                    if let Some(sink) = self.downstream_sink.take() {
+                        sink.finish().await;
+                    }
                     self.finished = true;
                 }
             }
@@ -342,17 +415,12 @@ impl Driver {
         let upstream_path = rewrite_path(&route, &path);
         let shared = self.shared.clone();
         let timeout = self.shared.upstream_timeout;
-        let protocol = self.client_upgrade.as_ref().map(|(protocol, _)| protocol.clone());
+        let websocket = self.client_upgrade.is_some();
         self.upstream_sent = Some(std::time::Instant::now());
         self.upstream = Some(Box::pin(async move {
             let clusters = shared.pool.clusters();
             let host = route.host_rewrite.as_deref();
-            let to = Destination {
-                cluster: &route.cluster,
-                path: &upstream_path,
-                host,
-                protocol_upgrade: protocol.as_ref(),
-            };
+            let to = Destination { cluster: &route.cluster, path: &upstream_path, host, websocket };
             clusters.send(to, &headers, body, timeout).await
         }));
     }
@@ -363,6 +431,14 @@ impl Driver {
         match response {
             Ok(mut response) => {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    // A switch nobody asked for (or to anything but a WebSocket) would turn the
+                    // connection into a tunnel past the filter: refuse it.
+                    if self.client_upgrade.is_none() || !names_websocket(response.headers().get(http::header::UPGRADE))
+                    {
+                        tracing::warn!(path = self.path, "the upstream switched protocols unasked");
+                        self.upstream_failed(StatusCode::BAD_GATEWAY, "The upstream switched protocols unasked.").await;
+                        return;
+                    }
                     self.upstream_upgrade = Some(hyper::upgrade::on(&mut response));
                 }
                 let (parts, body) = response.into_parts();
@@ -382,18 +458,27 @@ impl Driver {
             }
             Err(error) => {
                 let (status, message) = error.client_answer();
-                let message = format!("{message}\n");
                 tracing::warn!(%error, "upstream failed");
-                self.upstream_sink = None;
-                self.request_body = None;
-                let mut headers = HeaderList::new();
-                headers.add(":status", status.to_string().as_bytes());
-                headers.add("content-type", b"text/plain; charset=utf-8");
-                headers.add("content-length", message.len().to_string().as_bytes());
-                self.step(move |exchange, vm| exchange.response_headers(vm, headers, false)).await;
-                self.step(move |exchange, vm| exchange.response_data(vm, message.as_bytes(), true)).await;
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                self.upstream_failed(status, &message).await;
             }
         }
+    }
+
+    /// An answer of the proxy's own in place of the upstream's, through the filter as an
+    /// upstream answer would go.
+    async fn upstream_failed(&mut self, status: StatusCode, message: &str) {
+        let message = format!("{message}\n");
+        self.upstream_sink = None;
+        self.request_body = None;
+        self.upstream_body = None;
+        self.upstream_upgrade = None;
+        let mut headers = HeaderList::new();
+        headers.add(":status", status.as_str().as_bytes());
+        headers.add("content-type", b"text/plain; charset=utf-8");
+        headers.add("content-length", message.len().to_string().as_bytes());
+        self.step(move |exchange, vm| exchange.response_headers(vm, headers, false)).await;
+        self.step(move |exchange, vm| exchange.response_data(vm, message.as_bytes(), true)).await;
     }
 
     fn send_response_head(&mut self, headers: HeaderList, end: bool) {
@@ -426,12 +511,11 @@ impl Driver {
     /// The upstream agreed to switch protocols: once both sides hand over their connections,
     /// bytes flow between them untouched (the filter saw the handshake, not the frames).
     fn tunnel(&mut self, response: &mut Response<Body>) {
-        let (Some((protocol, client)), Some(upstream)) = (self.client_upgrade.take(), self.upstream_upgrade.take())
-        else {
+        let (Some(client), Some(upstream)) = (self.client_upgrade.take(), self.upstream_upgrade.take()) else {
             return;
         };
         response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-        response.headers_mut().insert(http::header::UPGRADE, protocol);
+        response.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
         tokio::spawn(async move {
             match tokio::try_join!(client, upstream) {
                 Ok((client, upstream)) => {
@@ -477,15 +561,30 @@ async fn pending_upstream(
     }
 }
 
-/// The protocol a request asks to switch to (`Connection: upgrade` with `Upgrade: …`).
-fn requested_upgrade(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+/// Whether a request opens a WebSocket (RFC 6455 §4.1): the one protocol switch the proxy
+/// carries, as the bootstrap's `upgrade_configs` let Envoy carry only that one. Any other
+/// `Upgrade` (h2c, TLS, anything) is left out, with `HTTP2-Settings`, and the request goes on as
+/// a plain one.
+fn is_websocket_handshake(request: &Request<Incoming>) -> bool {
+    let headers = request.headers();
     let connection_says_upgrade = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if connection_says_upgrade { headers.get(http::header::UPGRADE).cloned() } else { None }
+    request.method() == http::Method::GET
+        && request.version() == http::Version::HTTP_11
+        && connection_says_upgrade
+        && names_websocket(headers.get(http::header::UPGRADE))
+        && headers.contains_key(http::header::SEC_WEBSOCKET_KEY)
+        && headers.contains_key(http::header::SEC_WEBSOCKET_VERSION)
+}
+
+fn names_websocket(upgrade: Option<&http::HeaderValue>) -> bool {
+    upgrade
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
 }
 
 /// The next data frame of a body, and whether it was the last. Trailers end the body (they are

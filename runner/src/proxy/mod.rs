@@ -10,12 +10,46 @@ mod client;
 mod driver;
 mod pool;
 mod server;
+mod watch;
 
 pub use client::{Clusters, UpstreamError};
 pub use pool::{FilterPool, PoolOptions};
 pub use server::{Proxy, ProxyHandle, ServeOptions};
 
+use std::time::Duration;
+
 use url::Url;
+
+/// What bounds a client or an upstream, with the defaults both hosts use (the Envoy bootstrap
+/// sets the same numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// From the first byte of an HTTP/1.1 request to the end of its headers; then the
+    /// connection is closed (a client sending its head a byte at a time holds nothing long).
+    pub request_headers_timeout: Duration,
+    /// How long a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Client connections served at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// The most a request's headers may take (the request line and headers, or HTTP/2's header
+    /// list); more is answered 431. Envoy's default, 60 KiB.
+    pub max_request_headers_bytes: usize,
+    /// The longest an upstream may stay silent: before its response headers (then 504), and
+    /// between the chunks of its body (then the response is cut short).
+    pub upstream_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_headers_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_request_headers_bytes: 60 * 1024,
+            upstream_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// An upstream: where a name points.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,21 +12,21 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
-use super::Route;
 use super::driver::{self, Connection, Shared};
 use super::pool::FilterPool;
+use super::watch::{Activity, Expired, Watched};
+use super::{Limits, Route};
 
 /// How the proxy listens.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
-    /// How long to wait for an upstream's response headers before answering 504.
-    pub upstream_timeout: Duration,
+    pub limits: Limits,
     /// How long shutdown waits for requests in flight.
     pub drain_timeout: Duration,
     /// Serve HTTPS (beside plain HTTP, on the same port) with this configuration; `None` serves
@@ -42,7 +42,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 4000)),
-            upstream_timeout: Duration::from_secs(60),
+            limits: Limits::default(),
             drain_timeout: Duration::from_secs(10),
             tls: None,
             handshake_timeout: Duration::from_secs(30),
@@ -57,6 +57,9 @@ pub struct Proxy {
     drain_timeout: Duration,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    limits: Limits,
+    /// One permit per client connection, `limits.max_connections` in all.
+    connections: Arc<Semaphore>,
 }
 
 /// A proxy serving in the background (for tests and embedding).
@@ -88,13 +91,16 @@ impl Proxy {
             ),
             _ => anyhow::anyhow!("cannot listen on {}: {error}", options.listen),
         })?;
-        let shared = Arc::new(Shared { pool, routes, upstream_timeout: options.upstream_timeout });
+        let limits = options.limits;
+        let shared = Arc::new(Shared { pool, routes, upstream_timeout: limits.upstream_timeout });
         Ok(Proxy {
             listener,
             shared,
             drain_timeout: options.drain_timeout,
             tls: options.tls.map(TlsAcceptor::from),
             handshake_timeout: options.handshake_timeout,
+            limits,
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
         })
     }
 
@@ -119,10 +125,14 @@ impl Proxy {
 
     /// Serves until `shutdown` completes, then stops accepting and drains requests in flight.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let builder = auto::Builder::new(TokioExecutor::new());
-        // Tells connections still sniffing or shaking hands to give up.
+        let connections = TaskTracker::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper answers 431 when a request head does not fit its read buffer.
+        builder.http1().max_buf_size(self.limits.max_request_headers_bytes.max(8192));
+        builder.http2().max_header_list_size(u32::try_from(self.limits.max_request_headers_bytes).unwrap_or(u32::MAX));
+        // Tells every connection to finish what it is doing and close.
         let (stopping, stopped) = watch::channel(false);
+        let mut refused = RefusalLog::default();
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -137,6 +147,13 @@ impl Proxy {
                 },
                 () = &mut shutdown => break,
             };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                // Closed at once: a descriptor kept for this would be one fewer for the
+                // connections being served.
+                refused.note(self.limits.max_connections);
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let accepted = Accepted {
                 stream,
@@ -145,18 +162,40 @@ impl Proxy {
                 builder: builder.clone(),
                 tls: self.tls.clone(),
                 handshake_timeout: self.handshake_timeout,
-                watcher: graceful.watcher(),
+                limits: self.limits,
                 stopped: stopped.clone(),
+                _permit: permit,
             };
-            tokio::spawn(accepted.serve());
+            connections.spawn(accepted.serve());
         }
         let _ = stopping.send(true);
         drop(self.listener);
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(self.drain_timeout) => tracing::warn!("gave up waiting for requests in flight"),
+        connections.close();
+        if tokio::time::timeout(self.drain_timeout, connections.wait()).await.is_err() {
+            tracing::warn!("gave up waiting for requests in flight");
         }
         Ok(())
+    }
+}
+
+/// Says that connections are being refused, at most once a minute.
+#[derive(Default)]
+struct RefusalLog {
+    refused: u64,
+    last_said: Option<std::time::Instant>,
+}
+
+impl RefusalLog {
+    fn note(&mut self, limit: usize) {
+        self.refused += 1;
+        if self.last_said.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!(
+                "{limit} connections are open, the most allowed (--max-connections): closed {} new ones",
+                self.refused
+            );
+            self.refused = 0;
+            self.last_said = Some(std::time::Instant::now());
+        }
     }
 }
 
@@ -189,8 +228,10 @@ struct Accepted {
     builder: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
-    watcher: Watcher,
+    limits: Limits,
     stopped: watch::Receiver<bool>,
+    /// Held for as long as the connection is served.
+    _permit: OwnedSemaphorePermit,
 }
 
 enum Stream {
@@ -200,7 +241,7 @@ enum Stream {
 
 impl Accepted {
     async fn serve(self) {
-        let Accepted { stream, peer, shared, builder, tls, handshake_timeout, watcher, mut stopped } = self;
+        let Accepted { stream, peer, shared, builder, tls, handshake_timeout, limits, mut stopped, _permit } = self;
         let local = stream.local_addr().unwrap_or(peer);
         let opening = async {
             match sniff(&stream).await? {
@@ -228,44 +269,88 @@ impl Accepted {
                 return;
             }
         };
+        let served = Served { shared, builder, limits, stopped };
         match stream {
             Stream::Plain(stream) => {
-                serve_connection(TokioIo::new(stream), Connection { peer, local, tls: false }, shared, builder, watcher)
-                    .await
+                let activity = Activity::new(!starts_http2(&stream).await);
+                let io = TokioIo::new(Watched::new(stream, activity.clone()));
+                served.serve(io, Connection { peer, local, tls: false }, activity).await
             }
             Stream::Tls(stream) => {
-                serve_connection(TokioIo::new(stream), Connection { peer, local, tls: true }, shared, builder, watcher)
-                    .await
+                let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let activity = Activity::new(!http2);
+                let io = TokioIo::new(Watched::new(stream, activity.clone()));
+                served.serve(io, Connection { peer, local, tls: true }, activity).await
             }
         }
     }
 }
 
-/// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on an open connection until it ends
-/// or shutdown drains it.
-async fn serve_connection<I>(
-    io: I,
-    connection: Connection,
+/// Whether a plain connection opens with HTTP/2's preface (prior knowledge, RFC 9113 §3.3).
+async fn starts_http2(stream: &TcpStream) -> bool {
+    let mut start = [0u8; 3];
+    matches!(stream.peek(&mut start).await, Ok(3) if &start == b"PRI")
+}
+
+/// An open connection and what serving it needs.
+struct Served {
     shared: Arc<Shared>,
     builder: auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let service = service_fn(move |request| {
-        let shared = shared.clone();
-        async move {
-            let (respond, response) = oneshot::channel();
-            tokio::spawn(driver::drive(shared, request, connection, respond));
-            match response.await {
-                Ok(response) => Ok(response),
-                // The driver ended without a response: the filter reset the stream.
-                Err(_) => Err(std::io::Error::other("stream reset by the filter")),
+    limits: Limits,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Served {
+    /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) until the connection ends, sits
+    /// longer than the limits allow, or shutdown drains it.
+    async fn serve<I>(self, io: I, connection: Connection, activity: Arc<Activity>)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let Served { shared, builder, limits, mut stopped } = self;
+        let requests = activity.clone();
+        let service = service_fn(move |request| {
+            let shared = shared.clone();
+            let in_flight = requests.request_started();
+            async move {
+                let (respond, response) = oneshot::channel();
+                tokio::spawn(async move {
+                    driver::drive(shared, request, connection, respond).await;
+                    drop(in_flight);
+                });
+                match response.await {
+                    Ok(response) => Ok(response),
+                    // The driver ended without a response: the filter reset the stream.
+                    Err(_) => Err(std::io::Error::other("stream reset by the filter")),
+                }
+            }
+        });
+        let serving = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(serving);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                ended = serving.as_mut() => {
+                    if let Err(error) = ended {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    return;
+                }
+                expired = activity.expired(&limits), if !closing => match expired {
+                    Expired::RequestHeaders => {
+                        tracing::debug!(peer = %connection.peer, "closing a connection: its request head took over {:?}", limits.request_headers_timeout);
+                        return;
+                    }
+                    Expired::Idle => {
+                        serving.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                },
+                _ = stopped.wait_for(|stop| *stop), if !closing => {
+                    serving.as_mut().graceful_shutdown();
+                    closing = true;
+                }
             }
         }
-    });
-    let serving = builder.serve_connection_with_upgrades(io, service);
-    if let Err(error) = watcher.watch(serving).await {
-        tracing::debug!(%error, "connection ended with an error");
     }
 }
