@@ -16,7 +16,8 @@ use common::host::{Host, Proxy};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ory_proxy::plan::Deployment;
-use ory_proxy_tests::standin::{RunningStandin, Standin, StandinConfig};
+use ory_proxy_tests::http::{DropConnection, HttpClient, bind_loopback, read_body, response, spawn_server};
+use ory_proxy_tests::standin::{DEMO_EMAIL, Fault, FaultRule, RunningStandin, Standin, StandinConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -428,5 +429,37 @@ both_hosts! {
         client.write_all(&world.get("/")).await.unwrap();
         assert_eq!(read_response(&mut client).await.0, 200);
         world.stop().await;
+    }
+
+    async fn a_large_upload_waits_for_the_session_check_instead_of_failing(host: Host) {
+        // An app that counts what it received.
+        let app = spawn_server(bind_loopback(0).await.unwrap(), |request, _| async move {
+            let body = read_body(request.into_body(), 200 << 20).await.map_err(|_| DropConnection)?;
+            Ok(response(http::StatusCode::OK, "text/plain", format!("received {}", body.len())))
+        })
+        .unwrap();
+        let standin = Standin::start(StandinConfig::default()).await.unwrap();
+        let mut deployment = common::host::deployment(&format!("http://{}", app.local_addr()));
+        deployment.ory_url = Some(url::Url::parse(&standin.url()).unwrap());
+        deployment.protection.prefixes.push("/members".into());
+        let proxy = Proxy::start(host, &deployment).await;
+        let session = standin.create_session(DEMO_EMAIL).unwrap();
+        // Ory takes a second to say who this is: the upload must wait, not overflow a buffer.
+        standin.add_fault_rule(FaultRule {
+            path_prefix: Some("/sessions/whoami".into()),
+            times: Some(1),
+            ..FaultRule::new(Fault::Delay(1000))
+        });
+        let upload = vec![b'x'; 50 << 20];
+        let answer = HttpClient::with_timeout(Duration::from_secs(120))
+            .request(http::Method::POST, &proxy.url("/members/upload"), &[("cookie", &session.cookie)], upload)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert_eq!(answer.text(), format!("received {}", 50 << 20));
+        assert_eq!(standin.whoami_calls(), 1);
+        proxy.stop().await;
+        app.shutdown().await;
+        standin.shutdown().await;
     }
 }

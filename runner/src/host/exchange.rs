@@ -102,6 +102,13 @@ impl Exchange {
         Ok(step)
     }
 
+    /// Whether the request body should be read on: not while the filter holds the request
+    /// headers and the host already holds `watermark` bytes of body for it. The client is then
+    /// left waiting (TCP back-pressure, as Envoy's watermarks do) instead of being refused.
+    pub fn takes_request_data(&self, watermark: usize) -> bool {
+        !matches!(self.request.stage, Stage::Waiting | Stage::HeadersPaused) || self.request.held.len() < watermark
+    }
+
     pub fn request_data(&mut self, vm: &mut Vm, data: &[u8], end: bool) -> Result<Step, VmError> {
         let mut step = Step::default();
         self.data(vm, Direction::Request, data, end, &mut step)?;

@@ -41,23 +41,52 @@ enum Piece {
     End,
 }
 
-/// The writing end of a streamed body. Only [`BodySender::finish`] ends the body cleanly: one
-/// dropped before (the upstream failed, the filter failed or reset the stream) ends it with an
-/// error, so the other side sees it cut short instead of a complete, shorter body.
-struct BodySender(mpsc::Sender<Piece>);
+/// The writing end of a streamed body. Chunks queue here while the reader is slow; the
+/// driver sends them as room appears, from its one loop, so that waiting for a slow reader never
+/// stops it from hearing the filter or the other side. Only [`BodyOutlet::finish`] ends the body
+/// cleanly: one dropped before (the upstream failed, the filter failed or reset the stream)
+/// ends it with an error, so the other side sees it cut short instead of a complete, shorter
+/// body.
+struct BodyOutlet {
+    sender: mpsc::Sender<Piece>,
+    queue: std::collections::VecDeque<Piece>,
+}
 
-impl BodySender {
-    /// Passes a chunk on; false when nobody reads the body any more.
-    async fn send(&self, data: Vec<u8>) -> bool {
-        data.is_empty() || self.0.send(Piece::Data(Bytes::from(data))).await.is_ok()
+impl BodyOutlet {
+    fn push(&mut self, data: Vec<u8>) {
+        if !data.is_empty() {
+            self.queue.push_back(Piece::Data(Bytes::from(data)));
+        }
     }
 
-    async fn finish(self) {
-        let _ = self.0.send(Piece::End).await;
+    fn finish(&mut self) {
+        self.queue.push_back(Piece::End);
+    }
+
+    fn backed_up(outlet: &Option<BodyOutlet>) -> bool {
+        outlet.as_ref().is_some_and(|outlet| !outlet.queue.is_empty())
     }
 }
 
-fn channel_body() -> (BodySender, Body) {
+/// Sends the next queued piece once the reader has room. The outlet is gone afterwards when
+/// that piece ended the body or nobody reads it any more.
+async fn drain(outlet: &mut Option<BodyOutlet>) {
+    let Some(open) = outlet.as_mut() else { return std::future::pending().await };
+    let Ok(permit) = open.sender.reserve().await else {
+        *outlet = None;
+        return;
+    };
+    match open.queue.pop_front() {
+        Some(Piece::End) => {
+            permit.send(Piece::End);
+            *outlet = None;
+        }
+        Some(piece) => permit.send(piece),
+        None => {}
+    }
+}
+
+fn channel_body() -> (BodyOutlet, Body) {
     let (sender, receiver) = mpsc::channel(8);
     let stream = futures_util::stream::unfold(Some(receiver), |receiver| async move {
         let mut receiver = receiver?;
@@ -72,8 +101,13 @@ fn channel_body() -> (BodySender, Body) {
             }
         }
     });
-    (BodySender(sender), StreamBody::new(stream).boxed_unsync())
+    (BodyOutlet { sender, queue: Default::default() }, StreamBody::new(stream).boxed_unsync())
 }
+
+/// How much request body the host holds for a filter that has not let the request headers go on
+/// (it is asking Ory about the session) before it stops reading from the client: Envoy's default
+/// connection buffer limit.
+const HELD_BODY_WATERMARK: usize = 1024 * 1024;
 
 /// What a request gets when the filter failed on it: 503, as in Envoy (whose body is empty; this
 /// one says what failed).
@@ -193,12 +227,12 @@ struct Driver {
     /// Where the response head goes (the hyper service is waiting on it).
     respond: Option<oneshot::Sender<Response<Body>>>,
     request_body: Option<Incoming>,
-    upstream_sink: Option<BodySender>,
+    upstream_sink: Option<BodyOutlet>,
     upstream: Option<BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
     /// When the request was sent upstream (for `x-envoy-upstream-service-time`).
     upstream_sent: Option<std::time::Instant>,
     upstream_body: Option<Incoming>,
-    downstream_sink: Option<BodySender>,
+    downstream_sink: Option<BodyOutlet>,
     finished: bool,
     /// A client asking for a WebSocket: its side of the connection once hyper hands it over.
     client_upgrade: Option<OnUpgrade>,
@@ -266,13 +300,26 @@ pub async fn drive(
 
 impl Driver {
     async fn run(&mut self) {
-        while !self.finished {
+        // Once the exchange is finished, what is still queued for the client goes out.
+        while !self.finished || BodyOutlet::backed_up(&self.downstream_sink) {
             tokio::select! {
-                signal = self.lease.signals.recv() => match signal {
+                () = drain(&mut self.downstream_sink), if BodyOutlet::backed_up(&self.downstream_sink) => {
+                    if self.downstream_sink.is_none() && !self.finished {
+                        // The client went away, or its body is complete.
+                        self.finished = true;
+                    }
+                },
+                () = drain(&mut self.upstream_sink), if BodyOutlet::backed_up(&self.upstream_sink) => {},
+                signal = self.lease.signals.recv(), if !self.finished => match signal {
                     Some(Signal::Effect(effect)) => self.step(move |exchange, vm| exchange.apply(vm, effect)).await,
                     Some(Signal::VmFailed) | None => self.fail(FILTER_FAILED.0, FILTER_FAILED.1),
                 },
-                frame = next_frame(&mut self.request_body), if self.request_body.is_some() => {
+                frame = next_frame(&mut self.request_body),
+                    if !self.finished
+                        && self.request_body.is_some()
+                        && !BodyOutlet::backed_up(&self.upstream_sink)
+                        && self.exchange.as_ref().is_some_and(|e| e.takes_request_data(HELD_BODY_WATERMARK)) =>
+                {
                     let (data, end) = match frame {
                         Ok(frame) => frame,
                         Err(error) => {
@@ -286,12 +333,12 @@ impl Driver {
                     }
                     self.step(move |exchange, vm| exchange.request_data(vm, &data, end)).await;
                 },
-                response = pending_upstream(&mut self.upstream), if self.upstream.is_some() => {
+                response = pending_upstream(&mut self.upstream), if !self.finished && self.upstream.is_some() => {
                     self.upstream = None;
                     self.upstream_answered(response).await;
                 },
                 frame = tokio::time::timeout(self.shared.upstream_timeout, next_frame(&mut self.upstream_body)),
-                    if self.upstream_body.is_some() =>
+                    if !self.finished && self.upstream_body.is_some() && !BodyOutlet::backed_up(&self.downstream_sink) =>
                 {
                     let (data, end) = match frame {
                         Ok(Ok(frame)) => frame,
@@ -360,13 +407,11 @@ impl Driver {
         match out {
             Out::RequestHeaders(headers, end) => self.start_upstream(headers, end),
             Out::RequestData(data, end) => {
-                if let Some(sink) = &self.upstream_sink
-                    && !sink.send(data).await
-                {
-                    self.upstream_sink = None;
-                }
-                if end && let Some(sink) = self.upstream_sink.take() {
-                    sink.finish().await;
+                if let Some(sink) = &mut self.upstream_sink {
+                    sink.push(data);
+                    if end {
+                        sink.finish();
+                    }
                 }
             }
             Out::Replied { .. } => {
@@ -377,17 +422,13 @@ impl Driver {
             }
             Out::ResponseHeaders(headers, end) => self.send_response_head(headers, end),
             Out::ResponseData(data, end) => {
-                if let Some(sink) = &self.downstream_sink
-                    && !sink.send(data).await
-                {
-                    // The client went away.
-                    self.downstream_sink = None;
-                    self.finished = true;
+                if let Some(sink) = &mut self.downstream_sink {
+                    sink.push(data);
+                    if end {
+                        sink.finish();
+                    }
                 }
                 if end {
-                    if let Some(sink) = self.downstream_sink.take() {
-                        sink.finish().await;
-                    }
                     self.finished = true;
                 }
             }
