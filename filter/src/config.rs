@@ -8,14 +8,15 @@
 //! {
 //!   "signing_key": "<PKCS#8 PEM | SEC1 PEM | private JWK>",
 //!   "jwks_max_age_seconds": 300,
-//!   "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000 },
+//!   "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000,
+//!            "max_concurrent_whoami": 32, "open_path_wait_ms": 300 },
 //!   "public_url": "http://localhost:4000",
 //!   "proxy_names": ["localhost", "127.0.0.1", "::1"],
 //!   "protect": { "prefixes": [], "globs": [], "regexes": [], "ignore_case": false },
 //!   "pass_client_headers": [],
 //!   "jwt": { "enabled": true, "ttl_seconds": 60, "audience": null },
 //!   "session_cache": { "ttl_ms": 5000, "negative_ttl_ms": 1000, "slots": 4096, "max_entry_bytes": 65536 },
-//!   "session_cookie_prefixes": ["ory_"],
+//!   "session_cookie_prefixes": ["ory_session_", "ory_kratos_session"],
 //!   "cookie_domain": null,
 //!   "default_redirect_url": null,
 //!   "cors": { "allowed_origins": [], "additional_headers": [] }
@@ -32,9 +33,11 @@ use serde::Deserialize;
 use crate::cache::{self, CachePolicy};
 use crate::cors::CorsPolicy;
 use crate::forwarded::passable_header;
+use crate::load::{self, LoadPolicy};
 use crate::origin::{Origin, ProxyNames};
 use crate::paths::{Case, ProtectionRules};
 use crate::rewrite::OryTarget;
+use crate::session::DEFAULT_SESSION_COOKIE_PREFIXES;
 use crate::token::SigningKey;
 
 /// How long apps may cache `/.ory/jwks.json` unless configured otherwise.
@@ -65,6 +68,8 @@ pub struct OryConfig {
     pub cluster: String,
     pub project_api_key: Option<String>,
     pub whoami_timeout: Duration,
+    /// How many whoami calls a VM makes at once, and how long open paths wait for one.
+    pub load: LoadPolicy,
     pub public_origin: Origin,
     pub proxy_names: ProxyNames,
     pub rules: ProtectionRules,
@@ -74,6 +79,7 @@ pub struct OryConfig {
     pub signing_kid: String,
     pub jwt: JwtConfig,
     pub cache: CachePolicy,
+    /// Cookies whose names start with one of these carry a session (see `session`).
     pub session_cookie_prefixes: Vec<String>,
     pub cookie_domain: Option<String>,
     /// Where Ory's welcome page goes; `None`: the proxy's origin.
@@ -131,6 +137,10 @@ struct RawOry {
     project_api_key: Option<String>,
     #[serde(default = "default_whoami_timeout")]
     whoami_timeout_ms: u64,
+    #[serde(default = "default_max_concurrent_whoami")]
+    max_concurrent_whoami: u32,
+    #[serde(default = "default_open_path_wait")]
+    open_path_wait_ms: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,11 +216,17 @@ fn default_cluster() -> String {
 fn default_whoami_timeout() -> u64 {
     DEFAULT_WHOAMI_TIMEOUT_MS
 }
+fn default_max_concurrent_whoami() -> u32 {
+    load::DEFAULT_MAX_CONCURRENT_WHOAMI
+}
+fn default_open_path_wait() -> u64 {
+    load::DEFAULT_OPEN_PATH_WAIT_MS
+}
 fn default_proxy_names() -> Vec<String> {
     DEFAULT_PROXY_NAMES.iter().map(|name| name.to_string()).collect()
 }
 fn default_cookie_prefixes() -> Vec<String> {
-    cache::DEFAULT_SESSION_COOKIE_PREFIXES.iter().map(|prefix| prefix.to_string()).collect()
+    DEFAULT_SESSION_COOKIE_PREFIXES.iter().map(|prefix| prefix.to_string()).collect()
 }
 fn yes() -> bool {
     true
@@ -317,6 +333,16 @@ fn ory_config(ory: &RawOry, raw: &RawConfig, key: &SigningKey) -> Result<OryConf
     }
     let whoami_timeout_ms = u32::try_from(ory.whoami_timeout_ms)
         .map_err(|_| field_error("ory.whoami_timeout_ms", "is too large (at most 4294967295)"))?;
+    if ory.max_concurrent_whoami == 0 {
+        return Err(field_error("ory.max_concurrent_whoami", "must be at least 1"));
+    }
+    if ory.open_path_wait_ms == 0 {
+        return Err(field_error("ory.open_path_wait_ms", "must be at least 1"));
+    }
+    let load = LoadPolicy {
+        max_concurrent_whoami: ory.max_concurrent_whoami,
+        open_path_wait: Duration::from_millis(ory.open_path_wait_ms),
+    };
 
     let public_url = raw.public_url.as_deref().ok_or_else(|| field_error("public_url", "is required with `ory`"))?;
     let public_origin = Origin::from_public_url(public_url).map_err(|err| field_error("public_url", err))?;
@@ -417,6 +443,7 @@ fn ory_config(ory: &RawOry, raw: &RawConfig, key: &SigningKey) -> Result<OryConf
         cluster: ory.cluster.trim().to_string(),
         project_api_key,
         whoami_timeout: Duration::from_millis(whoami_timeout_ms.into()),
+        load,
         public_origin,
         proxy_names,
         rules,
@@ -544,7 +571,10 @@ mod tests {
         assert_eq!(ory.cache.negative_ttl_ms, 1000);
         assert_eq!(ory.cache.slots, 4096);
         assert_eq!(ory.cache.max_entry_bytes, 65536);
-        assert_eq!(ory.session_cookie_prefixes, ["ory_"]);
+        assert_eq!(ory.session_cookie_prefixes, ["ory_session_", "ory_kratos_session"]);
+        assert_eq!(ory.load, LoadPolicy::default());
+        assert_eq!(ory.load.max_concurrent_whoami, 32);
+        assert_eq!(ory.load.open_path_wait, Duration::from_millis(300));
         assert_eq!(ory.cookie_domain, None);
         assert_eq!(ory.default_redirect_url, None);
         assert_eq!(ory.cors.allowed_origins(), ["http://localhost:4000"]);
@@ -554,7 +584,7 @@ mod tests {
     fn every_field_is_read() {
         let config = with_ory(json!({
             "ory": { "url": "https://x.projects.oryapis.com", "cluster": "ory-net", "project_api_key": "k",
-                     "whoami_timeout_ms": 250 },
+                     "whoami_timeout_ms": 250, "max_concurrent_whoami": 4, "open_path_wait_ms": 120 },
             "proxy_names": ["proxy.test"],
             "protect": { "prefixes": ["/members"], "globs": ["/admin/**"], "regexes": ["^/api/v[0-9]+/"],
                          "ignore_case": true },
@@ -574,6 +604,7 @@ mod tests {
         assert_eq!(ory.cluster, "ory-net");
         assert_eq!(ory.project_api_key.as_deref(), Some("k"));
         assert_eq!(ory.whoami_timeout, Duration::from_millis(250));
+        assert_eq!(ory.load, LoadPolicy { max_concurrent_whoami: 4, open_path_wait: Duration::from_millis(120) });
         let normalized = |p| crate::paths::normalize(p).unwrap();
         assert!(ory.rules.protects(&normalized("/members/1")));
         assert!(ory.rules.protects(&normalized("/admin/a/b")));
@@ -601,6 +632,9 @@ mod tests {
             (json!({ "ory": { "url": "http://x", "project_api_key": "a\nb" } }), "ory.project_api_key:"),
             (json!({ "ory": { "url": "http://x", "whoami_timeout_ms": 0 } }), "ory.whoami_timeout_ms:"),
             (json!({ "ory": { "url": "http://x", "whoami_timeout_ms": 99999999999u64 } }), "ory.whoami_timeout_ms:"),
+            (json!({ "ory": { "url": "http://x", "max_concurrent_whoami": 0 } }), "ory.max_concurrent_whoami:"),
+            (json!({ "ory": { "url": "http://x", "max_concurrent_whoami": -1 } }), "ory.max_concurrent_whoami:"),
+            (json!({ "ory": { "url": "http://x", "open_path_wait_ms": 0 } }), "ory.open_path_wait_ms:"),
             (json!({ "public_url": "localhost:4000" }), "public_url:"),
             (json!({ "public_url": "http://localhost:4000/app" }), "public_url:"),
             (json!({ "proxy_names": ["localhost:4000"] }), "proxy_names:"),
@@ -679,14 +713,15 @@ mod tests {
         let doc = json!({
           "signing_key": TEST_KEY_PEM,
           "jwks_max_age_seconds": 300,
-          "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000 },
+          "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000,
+                   "max_concurrent_whoami": 32, "open_path_wait_ms": 300 },
           "public_url": "http://localhost:4000",
           "proxy_names": ["localhost", "127.0.0.1", "::1"],
           "protect": { "prefixes": [], "globs": [], "regexes": [], "ignore_case": false },
           "pass_client_headers": [],
           "jwt": { "enabled": true, "ttl_seconds": 60, "audience": null },
           "session_cache": { "ttl_ms": 5000, "negative_ttl_ms": 1000, "slots": 4096, "max_entry_bytes": 65536 },
-          "session_cookie_prefixes": ["ory_"],
+          "session_cookie_prefixes": ["ory_session_", "ory_kratos_session"],
           "cookie_domain": null,
           "default_redirect_url": null,
           "cors": { "allowed_origins": [], "additional_headers": [] }
