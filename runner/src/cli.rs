@@ -204,6 +204,17 @@ pub struct LocalArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub session_cache_ttl: Option<Duration>,
 
+    /// At most this many whoami calls to Ory at once, per filter VM (per worker thread): beyond
+    /// that, a request with an unknown session is not asked about (protected paths answer 502,
+    /// others go on without a JWT). Default 32.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_whoami: Option<u32>,
+
+    /// How long a request to an unprotected path waits for Ory's answer about its session before
+    /// it goes on without a JWT (the answer still fills the cache), e.g. 300ms. Default 300ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub open_path_wait: Option<Duration>,
+
     /// Sign JWTs with this key (PKCS#8 or SEC1 PEM, or a private JWK) instead of the kept one.
     #[arg(long, value_name = "FILE")]
     pub jwt_key: Option<PathBuf>,
@@ -345,6 +356,9 @@ impl LocalArgs {
             Some(path) => state::read_signing_key(path)?,
             None => state::kept_signing_key(&state::home()?)?,
         };
+        if self.open_path_wait.is_some_and(|wait| wait.as_millis() == 0) {
+            bail!("--open-path-wait must be at least 1ms");
+        }
         Ok(Deployment {
             upstream,
             listen,
@@ -369,6 +383,8 @@ impl LocalArgs {
             rewrite_host: self.rewrite_host,
             upstream_ca_file: self.upstream_ca_file.clone(),
             signing_key,
+            max_concurrent_whoami: self.max_concurrent_whoami,
+            open_path_wait: self.open_path_wait,
         })
     }
 }

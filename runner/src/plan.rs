@@ -61,6 +61,10 @@ pub struct Deployment {
     pub upstream_ca_file: Option<PathBuf>,
     /// The ES256 key as PEM (or a private JWK).
     pub signing_key: String,
+    /// At most this many whoami calls at once per VM (the filter's default when `None`).
+    pub max_concurrent_whoami: Option<u32>,
+    /// How long open paths wait for a whoami answer (the filter's default when `None`).
+    pub open_path_wait: Option<Duration>,
 }
 
 impl Deployment {
@@ -86,6 +90,8 @@ impl Deployment {
             rewrite_host: false,
             upstream_ca_file: None,
             signing_key,
+            max_concurrent_whoami: None,
+            open_path_wait: None,
         }
     }
 }
@@ -170,11 +176,18 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
             host_rewrite: Some(ory.authority()),
         });
         clusters.push(ory);
-        let ory_config = json!({
+        let mut ory_config = json!({
             "url": ory_url.as_str().trim_end_matches('/'),
             "cluster": ORY_CLUSTER,
             "project_api_key": deployment.project_api_key,
         });
+        // Written only when set: the filter's defaults are defined once, in the filter.
+        if let Some(max) = deployment.max_concurrent_whoami {
+            ory_config["max_concurrent_whoami"] = json!(max);
+        }
+        if let Some(wait) = deployment.open_path_wait {
+            ory_config["open_path_wait_ms"] = json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        }
         let object = filter.as_object_mut().expect("built as an object");
         object.insert("ory".into(), ory_config);
         object.insert("public_url".into(), json!(deployment.public_url.as_str().trim_end_matches('/')));
@@ -251,6 +264,20 @@ mod tests {
         assert_eq!(plan.cluster_names(), ["app"]);
         assert_eq!(plan.routes, [Route::to("/", "app")]);
         assert_eq!(plan.filter_configuration(), r#"{"signing_key":"PEM"}"#);
+    }
+
+    #[test]
+    fn whoami_limits_are_written_only_when_set() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("http://127.0.0.1:4433").unwrap());
+        let plain = plan(&deployment).unwrap();
+        assert_eq!(plain.filter["ory"].get("max_concurrent_whoami"), None);
+        assert_eq!(plain.filter["ory"].get("open_path_wait_ms"), None);
+        deployment.max_concurrent_whoami = Some(4);
+        deployment.open_path_wait = Some(Duration::from_millis(150));
+        let set = plan(&deployment).unwrap();
+        assert_eq!(set.filter["ory"]["max_concurrent_whoami"], 4);
+        assert_eq!(set.filter["ory"]["open_path_wait_ms"], 150);
     }
 
     #[test]
