@@ -6,7 +6,7 @@
 //!
 //! ```json
 //! {
-//!   "signing_key": "<PKCS#8 PEM | SEC1 PEM | private JWK>",
+//!   "signing_key_env": "ORY_PROXY_SIGNING_KEY",
 //!   "jwks_max_age_seconds": 300,
 //!   "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000,
 //!            "max_concurrent_whoami": 32, "open_path_wait_ms": 300 },
@@ -22,6 +22,15 @@
 //!   "cors": { "allowed_origins": [], "additional_headers": [] }
 //! }
 //! ```
+//!
+//! The ES256 signing key comes from exactly one of:
+//! - `signing_key_env`: the name of an environment variable of the VM (WASI `environ_get`) that
+//!   holds the key. Envoy passes its own process's variables to the VM when they are listed in
+//!   `vm_config.environment_variables.host_env_keys`, so the key never appears in the plugin
+//!   configuration (nor in the admin interface's `/config_dump`); the runner hands its VMs the
+//!   variable the same way.
+//! - `signing_key`: the key itself (PKCS#8 PEM, SEC1 PEM or a private JWK), for hosts that cannot
+//!   pass environment variables. Whoever can read the configuration can then read the key.
 //!
 //! Without `ory` the filter only serves the JWKS; protection rules and CORS origins then make no
 //! sense and are refused. With `ory`, `public_url` is required.
@@ -53,6 +62,8 @@ const MIN_MAX_ENTRY_BYTES: u64 = 256;
 #[derive(Debug)]
 pub struct Config {
     pub signing_key: SigningKey,
+    /// The environment variable the key was read from; `None`: it was in the configuration.
+    pub signing_key_env: Option<String>,
     pub jwks_max_age_seconds: u32,
     /// Absent: the filter only serves the JWKS.
     pub ory: Option<OryConfig>,
@@ -100,7 +111,11 @@ pub struct JwtConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     /// The ES256 private key: PKCS#8 PEM, SEC1 PEM, or a private JWK (as a JSON object or string).
-    signing_key: serde_json::Value,
+    #[serde(default)]
+    signing_key: Option<serde_json::Value>,
+    /// The environment variable that holds the key instead (in any of those forms).
+    #[serde(default)]
+    signing_key_env: Option<String>,
     #[serde(default = "default_jwks_max_age")]
     jwks_max_age_seconds: u32,
     #[serde(default)]
@@ -268,16 +283,74 @@ fn is_header_safe(value: &str) -> bool {
     !value.trim().is_empty() && value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
+/// An environment variable's name as POSIX shells and Envoy's `host_env_keys` take it.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|first| first == b'_' || first.is_ascii_alphabetic())
+        && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
+}
+
+/// The signing key from `signing_key` or from the variable `signing_key_env` names. The errors
+/// say which variable and why, never what it holds.
+fn signing_key(
+    raw: &RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(SigningKey, Option<String>), ConfigError> {
+    match (&raw.signing_key, &raw.signing_key_env) {
+        (Some(_), Some(_)) => {
+            Err(field_error("signing_key_env", "give the key in `signing_key` or name its variable here, not both"))
+        }
+        (None, None) => Err(field_error(
+            "signing_key",
+            "missing: give the key, or name the environment variable that holds it in `signing_key_env`",
+        )),
+        (Some(value), None) => {
+            let key = SigningKey::from_config_value(value).map_err(|reason| field_error("signing_key", reason))?;
+            Ok((key, None))
+        }
+        (None, Some(name)) => {
+            let name = name.trim();
+            if !is_env_name(name) {
+                return Err(field_error("signing_key_env", format!("{name:?} is not an environment variable name")));
+            }
+            let value = env(name).filter(|value| !value.trim().is_empty()).ok_or_else(|| {
+                field_error(
+                    "signing_key_env",
+                    format!(
+                        "the environment variable {name} is not set (or empty) in the filter's VM: start the \
+                         host with {name} holding the signing key (Envoy passes it to the VM when \
+                         vm_config.environment_variables.host_env_keys lists {name})"
+                    ),
+                )
+            })?;
+            let key = SigningKey::from_config_value(&serde_json::Value::String(value)).map_err(|reason| {
+                field_error("signing_key_env", format!("the environment variable {name} does not hold a key: {reason}"))
+            })?;
+            Ok((key, Some(name.to_string())))
+        }
+    }
+}
+
+/// A variable of the VM's environment (WASI `environ_get` inside a host; the process's natively).
+fn process_env(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+}
+
 impl Config {
+    /// Parses the configuration; `signing_key_env` is read from the VM's environment.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::from_json_with_env(bytes, &process_env)
+    }
+
+    /// Parses the configuration, reading environment variables through `env`.
+    pub fn from_json_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
             if path == "." { ConfigError(inner.to_string()) } else { ConfigError(format!("{path}: {inner}")) }
         })?;
-        let signing_key =
-            SigningKey::from_config_value(&raw.signing_key).map_err(|reason| field_error("signing_key", reason))?;
+        let (signing_key, signing_key_env) = signing_key(&raw, env)?;
         let ory = match raw.ory {
             Some(ref ory) => Some(ory_config(ory, &raw, &signing_key)?),
             None => {
@@ -285,7 +358,7 @@ impl Config {
                 None
             }
         };
-        Ok(Config { signing_key, jwks_max_age_seconds: raw.jwks_max_age_seconds, ory })
+        Ok(Config { signing_key, signing_key_env, jwks_max_age_seconds: raw.jwks_max_age_seconds, ory })
     }
 }
 
@@ -575,6 +648,7 @@ mod tests {
         assert_eq!(ory.load, LoadPolicy::default());
         assert_eq!(ory.load.max_concurrent_whoami, 32);
         assert_eq!(ory.load.open_path_wait, Duration::from_millis(300));
+        assert_eq!(config.signing_key_env, None);
         assert_eq!(ory.cookie_domain, None);
         assert_eq!(ory.default_redirect_url, None);
         assert_eq!(ory.cors.allowed_origins(), ["http://localhost:4000"]);
@@ -711,7 +785,7 @@ mod tests {
     #[test]
     fn the_full_documented_example_parses() {
         let doc = json!({
-          "signing_key": TEST_KEY_PEM,
+          "signing_key_env": "ORY_PROXY_SIGNING_KEY",
           "jwks_max_age_seconds": 300,
           "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000,
                    "max_concurrent_whoami": 32, "open_path_wait_ms": 300 },
@@ -726,7 +800,53 @@ mod tests {
           "default_redirect_url": null,
           "cors": { "allowed_origins": [], "additional_headers": [] }
         });
-        assert!(Config::from_json(&json(doc)).unwrap().ory.is_some());
+        let env = |name: &str| (name == "ORY_PROXY_SIGNING_KEY").then(|| TEST_KEY_PEM.to_string());
+        assert!(Config::from_json_with_env(&json(doc), &env).unwrap().ory.is_some());
+    }
+
+    fn with_env(doc: serde_json::Value, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = move |name: &str| vars.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+        Config::from_json_with_env(&json(doc), &env)
+    }
+
+    #[test]
+    fn the_key_may_come_from_an_environment_variable() {
+        let doc = json!({ "signing_key_env": "ORY_PROXY_SIGNING_KEY" });
+        let from_env = with_env(doc.clone(), &[("ORY_PROXY_SIGNING_KEY", TEST_KEY_PEM)]).unwrap();
+        let inline = Config::from_json(&json(json!({ "signing_key": TEST_KEY_PEM }))).unwrap();
+        assert_eq!(from_env.signing_key.kid(), inline.signing_key.kid());
+        assert_eq!(from_env.signing_key_env.as_deref(), Some("ORY_PROXY_SIGNING_KEY"));
+        // A private JWK works as well as PEM.
+        use base64::Engine as _;
+        let d = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(inline.signing_key.secret().to_bytes());
+        let jwk = json!({ "kty": "EC", "crv": "P-256", "d": d }).to_string();
+        let from_jwk = with_env(doc, &[("ORY_PROXY_SIGNING_KEY", &jwk)]).unwrap();
+        assert_eq!(from_jwk.signing_key.kid(), inline.signing_key.kid());
+    }
+
+    #[test]
+    fn a_missing_or_malformed_key_variable_is_a_clear_error_that_never_shows_the_value() {
+        let doc = json!({ "signing_key_env": "ORY_PROXY_SIGNING_KEY" });
+        for vars in [&[][..], &[("ORY_PROXY_SIGNING_KEY", "")][..], &[("OTHER", TEST_KEY_PEM)][..]] {
+            let err = with_env(doc.clone(), vars).unwrap_err().0;
+            assert!(err.starts_with("signing_key_env:"), "{err}");
+            assert!(err.contains("ORY_PROXY_SIGNING_KEY is not set"), "{err}");
+        }
+        let secretish = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0IGJ1dCBicm9rZW4=\n-----END PRIVATE KEY-----\n";
+        for value in ["not a key", secretish, "{\"kty\":\"EC\"}"] {
+            let err = with_env(doc.clone(), &[("ORY_PROXY_SIGNING_KEY", value)]).unwrap_err().0;
+            assert!(err.starts_with("signing_key_env:"), "{err}");
+            assert!(err.contains("ORY_PROXY_SIGNING_KEY does not hold a key"), "{err}");
+            assert!(!err.contains("c2VjcmV0"), "the value is not shown: {err}");
+        }
+        for name in ["", "1KEY", "MY-KEY", "A B", "KEY=x"] {
+            let err = with_env(json!({ "signing_key_env": name }), &[]).unwrap_err().0;
+            assert!(err.starts_with("signing_key_env:") && err.contains("not an environment variable name"), "{err}");
+        }
+        let both = json!({ "signing_key": TEST_KEY_PEM, "signing_key_env": "ORY_PROXY_SIGNING_KEY" });
+        let err = with_env(both, &[("ORY_PROXY_SIGNING_KEY", TEST_KEY_PEM)]).unwrap_err().0;
+        assert!(err.starts_with("signing_key_env:") && err.contains("not both"), "{err}");
     }
 
     #[test]

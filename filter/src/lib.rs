@@ -168,7 +168,11 @@ mod glue {
                         Some(ory) => format!("Ory at {} (cluster {})", ory.issuer, ory.cluster),
                         None => "JWKS only (no Ory configured)".to_string(),
                     };
-                    log::info(&format!("configured: {mode}; signing key id {}", config.signing_key.kid()));
+                    let source = match &config.signing_key_env {
+                        Some(name) => format!(" (from the environment variable {name})"),
+                        None => String::new(),
+                    };
+                    log::info(&format!("configured: {mode}; signing key id {}{source}", config.signing_key.kid()));
                     if let Some(ory) = &config.ory {
                         let _ = hostcalls::set_tick_period(load::tick_period(&ory.load));
                     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ory_proxy::host::harness::{Harness, Recorded};
-use ory_proxy::host::{Exchange, HeaderList, HttpCallResponse, Out, StreamInfo};
+use ory_proxy::host::{Exchange, HeaderList, HostEnv, HttpCallResponse, Out, PluginSpec, StreamInfo};
 use p256::ecdsa::signature::Verifier as _;
 use serde_json::{Value, json};
 
@@ -1476,4 +1476,51 @@ fn whoami_calls_in_flight_are_bounded_per_vm() {
     let (name, value) = cookie(100);
     get(&mut second, "/members", &[API, (&name, &value)]);
     assert_eq!(second.take_http_calls().len(), 1);
+}
+
+fn harness_with_environment(config: Value, environment: &[(&str, &str)]) -> anyhow::Result<Harness> {
+    let spec = PluginSpec {
+        name: "test".into(),
+        vm_id: "test".into(),
+        configuration: serde_json::to_vec(&config).unwrap(),
+        environment: environment.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        clusters: vec!["ory".into()],
+        ..PluginSpec::default()
+    };
+    Harness::new(wasm(), spec, HostEnv::new())
+}
+
+/// The key may come from the VM's environment (Envoy's `vm_config.environment_variables`), read
+/// through WASI: the configuration then names the variable and holds no key.
+#[test]
+fn the_signing_key_may_come_from_the_vms_environment() {
+    let mut config: Value = serde_json::from_slice(&config(json!({}))).unwrap();
+    let object = config.as_object_mut().unwrap();
+    object.remove("signing_key");
+    object.insert("signing_key_env".into(), json!("ORY_PROXY_SIGNING_KEY"));
+    let environment = [("LANG", "C.UTF-8"), ("ORY_PROXY_SIGNING_KEY", key_pem()), ("EMPTY", "")];
+    let mut h = harness_with_environment(config.clone(), &environment).expect("the filter starts");
+    let id = get(&mut h, "/members", &[COOKIE]);
+    let token = whoami_call(&mut h);
+    answer_active(&mut h, token);
+    let jwt = bearer(h.recorded(id));
+    verify(&mut h, &jwt);
+    // The same key as when the configuration carries it.
+    let mut inline = harness();
+    let jwks = |h: &mut Harness| {
+        let id = get(h, "/.ory/jwks.json", &[]);
+        h.recorded(id).response_body.clone()
+    };
+    assert_eq!(jwks(&mut h), jwks(&mut inline));
+
+    // Missing or malformed: the filter refuses to start, saying which variable and why, and
+    // never what it holds.
+    let missing = harness_with_environment(config.clone(), &[("LANG", "C")]).err().expect("refused");
+    let missing = format!("{missing:#}");
+    assert!(missing.contains("signing_key_env") && missing.contains("ORY_PROXY_SIGNING_KEY is not set"), "{missing}");
+    let broken = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END PRIVATE KEY-----\n";
+    let malformed = harness_with_environment(config, &[("ORY_PROXY_SIGNING_KEY", broken)]).err().expect("refused");
+    let malformed = format!("{malformed:#}");
+    assert!(malformed.contains("ORY_PROXY_SIGNING_KEY does not hold a key"), "{malformed}");
+    assert!(!malformed.contains("bm90IGEga2V5"), "{malformed}");
 }
