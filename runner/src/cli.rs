@@ -93,14 +93,17 @@ const ENVOY_HELP: &str = "\
 Prints an Envoy v3 bootstrap (YAML) that runs the ory-proxy filter exactly as `ory-proxy local`
 would with the same flags: the same filter configuration, routes and clusters.
 
-The configuration carries the JWT signing key (--jwt-key, or the key kept in $ORY_PROXY_HOME):
-give every Envoy instance the same file, and keep it as secret as the key. Build the module with
+The JWT signing key (--jwt-key, or the key kept in $ORY_PROXY_HOME) is not written into the
+configuration: Envoy passes the environment variable ORY_PROXY_SIGNING_KEY of its own process to
+the filter, so start Envoy with it set from the key file, the same key for every instance. Nobody
+who can read the configuration (Envoy's admin /config_dump, say) reads the key.
+--inline-signing-key writes the key into the configuration instead. Build the module with
 `make filter` and put it where --module-path says. See envoy/README.md.
 
 Examples:
   ory-proxy envoy-config http://app:3000 --sdk-url https://<slug>.projects.oryapis.com \\
       --host 0.0.0.0 --jwt-key signing-key.pem -o envoy.yaml
-  envoy -c envoy.yaml";
+  ORY_PROXY_SIGNING_KEY=\"$(cat signing-key.pem)\" envoy -c envoy.yaml";
 
 #[derive(Debug, Clone, Args)]
 pub struct EnvoyArgs {
@@ -118,6 +121,12 @@ pub struct EnvoyArgs {
     /// Write the configuration to this file (readable by its owner only) instead of printing it.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Write the signing key into the filter configuration instead of having Envoy pass it from
+    /// its environment: for proxy-wasm hosts that cannot give a VM environment variables. Anyone
+    /// who can read the configuration (Envoy's admin /config_dump included) can read the key.
+    #[arg(long)]
+    pub inline_signing_key: bool,
 }
 
 impl EnvoyArgs {
@@ -125,8 +134,8 @@ impl EnvoyArgs {
         crate::envoy::EnvoyOptions { module_path: self.module_path.clone(), admin_port: self.admin_port }
     }
 
-    /// The plan `ory-proxy local` would run with these flags, as Envoy YAML.
-    pub async fn bootstrap_yaml(&self) -> anyhow::Result<String> {
+    /// The plan `ory-proxy local` would run with these flags, for Envoy.
+    pub async fn plan(&self) -> anyhow::Result<crate::plan::Plan> {
         if let Some(filter) = &self.local.filter {
             bail!("--filter {}: Envoy loads the module from --module-path instead", filter.display());
         }
@@ -134,8 +143,14 @@ impl EnvoyArgs {
         // in front of Envoy): plan it as `local --no-https` would.
         let mut local = self.local.clone();
         local.no_https = true;
-        let plan = crate::plan::plan(&local.deployment().await?)?;
-        Ok(crate::envoy::bootstrap_yaml(&plan, &self.options()))
+        let mut deployment = local.deployment().await?;
+        deployment.inline_signing_key = self.inline_signing_key;
+        crate::plan::plan(&deployment)
+    }
+
+    /// That plan as Envoy YAML.
+    pub async fn bootstrap_yaml(&self) -> anyhow::Result<String> {
+        Ok(crate::envoy::bootstrap_yaml(&self.plan().await?, &self.options()))
     }
 }
 
@@ -383,9 +398,18 @@ impl LocalArgs {
             rewrite_host: self.rewrite_host,
             upstream_ca_file: self.upstream_ca_file.clone(),
             signing_key,
+            inline_signing_key: false,
             max_concurrent_whoami: self.max_concurrent_whoami,
             open_path_wait: self.open_path_wait,
         })
+    }
+
+    /// The file the signing key is read from: --jwt-key, or the one kept in $ORY_PROXY_HOME.
+    pub fn signing_key_file(&self) -> anyhow::Result<PathBuf> {
+        match &self.jwt_key {
+            Some(path) => Ok(path.clone()),
+            None => Ok(state::home()?.join(state::SIGNING_KEY_FILE)),
+        }
     }
 }
 

@@ -18,6 +18,9 @@ pub const ORY_PREFIX: &str = "/.ory/";
 /// The filter's plugin name, root id and VM id, in the runner and in Envoy alike (Envoy shares
 /// data between the VMs of one VM id).
 pub const FILTER_NAME: &str = "ory-proxy";
+/// The environment variable of the filter's VMs that holds the signing key (the filter
+/// configuration names it in `signing_key_env` instead of carrying the key).
+pub const SIGNING_KEY_ENV: &str = "ORY_PROXY_SIGNING_KEY";
 
 /// Paths that need a session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +64,9 @@ pub struct Deployment {
     pub upstream_ca_file: Option<PathBuf>,
     /// The ES256 key as PEM (or a private JWK).
     pub signing_key: String,
+    /// Put the key itself into the filter configuration instead of the VMs' environment (for
+    /// proxy-wasm hosts that cannot give a VM environment variables).
+    pub inline_signing_key: bool,
     /// At most this many whoami calls at once per VM (the filter's default when `None`).
     pub max_concurrent_whoami: Option<u32>,
     /// How long open paths wait for a whoami answer (the filter's default when `None`).
@@ -90,6 +96,7 @@ impl Deployment {
             rewrite_host: false,
             upstream_ca_file: None,
             signing_key,
+            inline_signing_key: false,
             max_concurrent_whoami: None,
             open_path_wait: None,
         }
@@ -107,6 +114,11 @@ pub struct Plan {
     pub upstream_ca_file: Option<PathBuf>,
     /// The filter's configuration; [`Plan::filter_configuration`] is its exact bytes.
     pub filter: Value,
+    /// Environment variables of the filter's VMs (Envoy's `vm_config.environment_variables`):
+    /// the signing key, unless it is inlined. The runner hands them to its VMs itself; the Envoy
+    /// bootstrap names them in `host_env_keys`, so Envoy passes the values of its own process
+    /// environment and they never appear in its configuration.
+    pub vm_environment: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -117,6 +129,14 @@ impl Plan {
 
     pub fn cluster_names(&self) -> Vec<String> {
         self.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The signing key, wherever the plan puts it.
+    pub fn signing_key(&self) -> Option<&str> {
+        let inline = self.filter.get("signing_key").and_then(Value::as_str);
+        let from_env =
+            self.vm_environment.iter().find(|(name, _)| name == SIGNING_KEY_ENV).map(|(_, key)| key.as_str());
+        inline.or(from_env)
     }
 }
 
@@ -165,7 +185,12 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
     let mut clusters = vec![app];
     let mut routes = vec![app_route];
 
-    let mut filter = json!({ "signing_key": deployment.signing_key });
+    let (mut filter, vm_environment) = if deployment.inline_signing_key {
+        (json!({ "signing_key": deployment.signing_key }), Vec::new())
+    } else {
+        let environment = vec![(SIGNING_KEY_ENV.to_string(), deployment.signing_key.clone())];
+        (json!({ "signing_key_env": SIGNING_KEY_ENV }), environment)
+    };
     if let Some(ory_url) = &deployment.ory_url {
         let ory = Cluster::new(ORY_CLUSTER, origin(ory_url).as_str()).context("the Ory URL")?;
         let base = ory_url.path().trim_end_matches('/');
@@ -238,6 +263,7 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
         routes,
         upstream_ca_file: deployment.upstream_ca_file.clone(),
         filter,
+        vm_environment,
     })
 }
 
@@ -263,7 +289,22 @@ mod tests {
         let plan = plan(&deployment()).unwrap();
         assert_eq!(plan.cluster_names(), ["app"]);
         assert_eq!(plan.routes, [Route::to("/", "app")]);
-        assert_eq!(plan.filter_configuration(), r#"{"signing_key":"PEM"}"#);
+        assert_eq!(plan.filter_configuration(), r#"{"signing_key_env":"ORY_PROXY_SIGNING_KEY"}"#);
+    }
+
+    #[test]
+    fn the_key_travels_in_the_vms_environment_unless_inlined() {
+        let plan_env = plan(&deployment()).unwrap();
+        assert_eq!(plan_env.vm_environment, [("ORY_PROXY_SIGNING_KEY".to_string(), "PEM".to_string())]);
+        assert!(!plan_env.filter_configuration().contains("PEM"), "the configuration holds no key");
+        assert_eq!(plan_env.signing_key(), Some("PEM"));
+
+        let mut inline = deployment();
+        inline.inline_signing_key = true;
+        let plan_inline = plan(&inline).unwrap();
+        assert!(plan_inline.vm_environment.is_empty());
+        assert_eq!(plan_inline.filter_configuration(), r#"{"signing_key":"PEM"}"#);
+        assert_eq!(plan_inline.signing_key(), Some("PEM"));
     }
 
     #[test]
