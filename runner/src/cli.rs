@@ -225,6 +225,12 @@ pub struct LocalArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_whoami: Option<u32>,
 
+    /// Cookies whose names start with this carry an Ory session (repeatable), for a Kratos with
+    /// its own session cookie name. Default: ory_session_ (Ory Network) and ory_kratos_session.
+    /// Only requests with such a cookie, an X-Session-Token or a bearer token are checked with Ory.
+    #[arg(long, value_name = "PREFIX")]
+    pub session_cookie: Vec<String>,
+
     /// How long a request to an unprotected path waits for Ory's answer about its session before
     /// it goes on without a JWT (the answer still fills the cache), e.g. 300ms. Default 300ms.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -401,6 +407,7 @@ impl LocalArgs {
             inline_signing_key: false,
             max_concurrent_whoami: self.max_concurrent_whoami,
             open_path_wait: self.open_path_wait,
+            session_cookie_prefixes: self.session_cookie.clone(),
         })
     }
 

@@ -71,6 +71,8 @@ pub struct Deployment {
     pub max_concurrent_whoami: Option<u32>,
     /// How long open paths wait for a whoami answer (the filter's default when `None`).
     pub open_path_wait: Option<Duration>,
+    /// Prefixes of the session cookie names (the filter's defaults when empty).
+    pub session_cookie_prefixes: Vec<String>,
 }
 
 impl Deployment {
@@ -99,6 +101,7 @@ impl Deployment {
             inline_signing_key: false,
             max_concurrent_whoami: None,
             open_path_wait: None,
+            session_cookie_prefixes: Vec::new(),
         }
     }
 }
@@ -238,6 +241,9 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
                 "audience": deployment.jwt_audience,
             }),
         );
+        if !deployment.session_cookie_prefixes.is_empty() {
+            object.insert("session_cookie_prefixes".into(), json!(deployment.session_cookie_prefixes));
+        }
         if let Some(ttl) = deployment.session_cache_ttl {
             object.insert("session_cache".into(), json!({ "ttl_ms": ttl.as_millis() as u64 }));
         }
@@ -314,11 +320,14 @@ mod tests {
         let plain = plan(&deployment).unwrap();
         assert_eq!(plain.filter["ory"].get("max_concurrent_whoami"), None);
         assert_eq!(plain.filter["ory"].get("open_path_wait_ms"), None);
+        assert_eq!(plain.filter.get("session_cookie_prefixes"), None);
         deployment.max_concurrent_whoami = Some(4);
         deployment.open_path_wait = Some(Duration::from_millis(150));
+        deployment.session_cookie_prefixes = vec!["sid".into()];
         let set = plan(&deployment).unwrap();
         assert_eq!(set.filter["ory"]["max_concurrent_whoami"], 4);
         assert_eq!(set.filter["ory"]["open_path_wait_ms"], 150);
+        assert_eq!(set.filter["session_cookie_prefixes"], json!(["sid"]));
     }
 
     #[test]

@@ -29,7 +29,11 @@ struct World {
 
 impl World {
     async fn start(host: Host, adjust: impl FnOnce(&mut Deployment)) -> World {
-        let standin = Standin::start(StandinConfig::default()).await.unwrap();
+        World::start_with(host, StandinConfig::default(), adjust).await
+    }
+
+    async fn start_with(host: Host, standin: StandinConfig, adjust: impl FnOnce(&mut Deployment)) -> World {
+        let standin = Standin::start(standin).await.unwrap();
         let seen: Seen = Arc::default();
         let record = seen.clone();
         let app = spawn_server(bind_loopback(0).await.unwrap(), move |request, _| {
@@ -181,5 +185,27 @@ both_hosts! {
         assert!(authorization.is_some_and(|value| value.starts_with("Bearer ")), "the session is known now");
         assert_eq!(world.standin.whoami_calls(), 1, "from the cache the late answer filled");
         world.stop().await;
+    }
+
+    async fn a_kratos_with_its_own_cookie_name_is_asked_once_the_name_is_configured(host: Host) {
+        let standin = || StandinConfig { cookie_name: Some("acme_sid".into()), ..StandinConfig::default() };
+        // By default the name is not one of Ory's: the session is never looked at.
+        let unknown = World::start_with(host, standin(), |_| {}).await;
+        let session = unknown.standin.create_session(DEMO_EMAIL).unwrap();
+        assert!(session.cookie.starts_with("acme_sid="), "{}", session.cookie);
+        let answer = unknown.client.get(&unknown.url("/members"), &[JSON, ("cookie", &session.cookie)]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(unknown.standin.whoami_calls(), 0);
+        unknown.stop().await;
+
+        let configured =
+            World::start_with(host, standin(), |deployment| deployment.session_cookie_prefixes = vec!["acme_sid".into()])
+                .await;
+        let session = configured.standin.create_session(DEMO_EMAIL).unwrap();
+        let answer = configured.client.get(&configured.url("/members"), &[("cookie", &session.cookie)]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        let (_, authorization) = configured.app_saw().last().cloned().unwrap();
+        assert!(authorization.is_some_and(|value| value.starts_with("Bearer ")));
+        configured.stop().await;
     }
 }
