@@ -24,8 +24,10 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-# The bootstrap holds the signing key (the one `ory-proxy local` keeps too): it lives in a
-# private temporary directory and is removed at the end.
+# The bootstrap does not hold the signing key: Envoy passes ORY_PROXY_SIGNING_KEY from its own
+# environment to the filter. The demo signs with a key of its own, made by envoy-config in a
+# private temporary home and removed at the end.
+export ORY_PROXY_HOME="$work/home"
 "$bin/ory-proxy" envoy-config "http://127.0.0.1:${app_port}" --port "$port" --sdk-url "$ory" \
     --protect-path-prefix /members --module-path "$module" -o "$work/envoy.yaml"
 
@@ -34,7 +36,8 @@ pids+=($!)
 "$bin/demo-app" --port "$app_port" --jwks-url "http://127.0.0.1:${port}/.ory/jwks.json" --issuer "$ory" \
     --proxy-url "http://127.0.0.1:${port}" &
 pids+=($!)
-"$envoy" -c "$work/envoy.yaml" --concurrency 2 --disable-hot-restart --log-level warning &
+ORY_PROXY_SIGNING_KEY="$(cat "$ORY_PROXY_HOME/jwt-signing-key.pem")" \
+    "$envoy" -c "$work/envoy.yaml" --concurrency 2 --disable-hot-restart --log-level warning &
 pids+=($!)
 
 sleep 2

@@ -33,9 +33,6 @@ pub const DEFAULT_MIN_JWT_REMAINING_SECS: u64 = 10;
 pub const DEFAULT_MAX_ENTRY_BYTES: usize = 64 * 1024;
 /// Shared-data keys used by the cache.
 pub const DEFAULT_SLOTS: u32 = 4096;
-/// Cookies whose names start with one of these are session credentials: `ory_kratos_session`
-/// (self-hosted Kratos) and `ory_session_<slug>` (Ory Network).
-pub const DEFAULT_SESSION_COOKIE_PREFIXES: &[&str] = &["ory_"];
 
 /// First bytes of every entry: a magic and the format version. Entries of another version (another
 /// build of the filter sharing the data) read as misses.
@@ -92,13 +89,12 @@ fn hex(bytes: &[u8]) -> String {
 pub struct CredsHash(pub [u8; 32]);
 
 impl CredsHash {
-    /// Hashes the session cookies (names starting with one of `cookie_prefixes`, in the order sent),
-    /// `X-Session-Token` and `Authorization`. Other cookies (analytics, CSRF) do not split the
-    /// cache. When no cookie matches, the whole Cookie header is hashed instead, so that a Kratos
-    /// with a custom session cookie name is still keyed correctly, only less effectively.
-    pub fn of(creds: &Credentials, cookie_prefixes: &[&str]) -> CredsHash {
+    /// Hashes the credentials: the session cookies (only those: [`Credentials::from_headers`]
+    /// leaves the others out, so analytics or CSRF cookies do not split the cache),
+    /// `X-Session-Token` and a bearer `Authorization`.
+    pub fn of(creds: &Credentials) -> CredsHash {
         let mut hasher = Sha256::new();
-        hasher.update(b"ory-proxy credentials v1\0");
+        hasher.update(b"ory-proxy credentials v2\0");
         // Every field is tagged and length-prefixed so that no two credential sets hash alike by
         // moving bytes between fields.
         let mut field = |tag: u8, value: &[u8]| {
@@ -107,18 +103,7 @@ impl CredsHash {
             hasher.update(value);
         };
         if let Some(cookie) = &creds.cookie {
-            let mut matched = false;
-            for pair in cookie.split(';') {
-                let pair = pair.trim();
-                let name = pair.split_once('=').map_or(pair, |(name, _)| name.trim());
-                if cookie_prefixes.iter().any(|prefix| name.starts_with(prefix)) {
-                    matched = true;
-                    field(b'c', pair.as_bytes());
-                }
-            }
-            if !matched {
-                field(b'C', cookie.trim().as_bytes());
-            }
+            field(b'c', cookie.as_bytes());
         }
         if let Some(token) = &creds.session_token {
             field(b't', token.as_bytes());
@@ -587,6 +572,7 @@ pub(crate) mod tests {
     use std::cell::RefCell;
 
     use super::*;
+    use crate::session::DEFAULT_SESSION_COOKIE_PREFIXES;
 
     /// Shared data as the ABI describes it: CAS numbers start at 1 and grow with every write; 0
     /// means unconditional; a new key ignores the CAS given.
@@ -641,12 +627,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// The credentials of a request with this Cookie header.
     fn creds(cookie: &str) -> Credentials {
-        Credentials { cookie: Some(cookie.to_string()), ..Credentials::default() }
+        Credentials::from_headers(&[("cookie", cookie)], DEFAULT_SESSION_COOKIE_PREFIXES)
     }
 
     fn hash(cookie: &str) -> CredsHash {
-        CredsHash::of(&creds(cookie), DEFAULT_SESSION_COOKIE_PREFIXES)
+        CredsHash::of(&creds(cookie))
     }
 
     /// A session whose JWT was signed at `iat` seconds with a 60 s lifetime.
@@ -670,17 +657,15 @@ pub(crate) mod tests {
         assert_ne!(base, hash("ory_kratos_session=s1"));
         let with_token = Credentials { session_token: Some("t".to_string()), ..creds("ory_session_abc=s1") };
         let with_auth = Credentials { authorization: Some("t".to_string()), ..creds("ory_session_abc=s1") };
-        let token = CredsHash::of(&with_token, DEFAULT_SESSION_COOKIE_PREFIXES);
-        let auth = CredsHash::of(&with_auth, DEFAULT_SESSION_COOKIE_PREFIXES);
+        let token = CredsHash::of(&with_token);
+        let auth = CredsHash::of(&with_auth);
         assert_ne!(token, base);
         assert_ne!(auth, base);
         assert_ne!(token, auth, "the same bytes in another header are other credentials");
-        // Without any session cookie, the whole header counts (a custom cookie name stays safe).
-        assert_ne!(hash("sid=alice"), hash("sid=bob"));
-        assert_eq!(
-            CredsHash::of(&Credentials::default(), &["ory_"]),
-            CredsHash::of(&Credentials::default(), &["ory_"])
-        );
+        // Cookies Ory does not know are no credentials at all: every such request is the same
+        // (empty) set, which the glue never asks Ory about.
+        assert!(creds("sid=alice").is_empty());
+        assert_eq!(hash("sid=alice"), CredsHash::of(&Credentials::default()));
         assert_eq!(base.to_hex().len(), 64);
     }
 

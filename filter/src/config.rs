@@ -6,21 +6,31 @@
 //!
 //! ```json
 //! {
-//!   "signing_key": "<PKCS#8 PEM | SEC1 PEM | private JWK>",
+//!   "signing_key_env": "ORY_PROXY_SIGNING_KEY",
 //!   "jwks_max_age_seconds": 300,
-//!   "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000 },
+//!   "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000,
+//!            "max_concurrent_whoami": 32, "open_path_wait_ms": 300 },
 //!   "public_url": "http://localhost:4000",
 //!   "proxy_names": ["localhost", "127.0.0.1", "::1"],
 //!   "protect": { "prefixes": [], "globs": [], "regexes": [], "ignore_case": false },
 //!   "pass_client_headers": [],
 //!   "jwt": { "enabled": true, "ttl_seconds": 60, "audience": null },
 //!   "session_cache": { "ttl_ms": 5000, "negative_ttl_ms": 1000, "slots": 4096, "max_entry_bytes": 65536 },
-//!   "session_cookie_prefixes": ["ory_"],
+//!   "session_cookie_prefixes": ["ory_session_", "ory_kratos_session"],
 //!   "cookie_domain": null,
 //!   "default_redirect_url": null,
 //!   "cors": { "allowed_origins": [], "additional_headers": [] }
 //! }
 //! ```
+//!
+//! The ES256 signing key comes from exactly one of:
+//! - `signing_key_env`: the name of an environment variable of the VM (WASI `environ_get`) that
+//!   holds the key. Envoy passes its own process's variables to the VM when they are listed in
+//!   `vm_config.environment_variables.host_env_keys`, so the key never appears in the plugin
+//!   configuration (nor in the admin interface's `/config_dump`); the runner hands its VMs the
+//!   variable the same way.
+//! - `signing_key`: the key itself (PKCS#8 PEM, SEC1 PEM or a private JWK), for hosts that cannot
+//!   pass environment variables. Whoever can read the configuration can then read the key.
 //!
 //! Without `ory` the filter only serves the JWKS; protection rules and CORS origins then make no
 //! sense and are refused. With `ory`, `public_url` is required.
@@ -32,9 +42,11 @@ use serde::Deserialize;
 use crate::cache::{self, CachePolicy};
 use crate::cors::CorsPolicy;
 use crate::forwarded::passable_header;
+use crate::load::{self, LoadPolicy};
 use crate::origin::{Origin, ProxyNames};
 use crate::paths::{Case, ProtectionRules};
 use crate::rewrite::OryTarget;
+use crate::session::DEFAULT_SESSION_COOKIE_PREFIXES;
 use crate::token::SigningKey;
 
 /// How long apps may cache `/.ory/jwks.json` unless configured otherwise.
@@ -50,6 +62,8 @@ const MIN_MAX_ENTRY_BYTES: u64 = 256;
 #[derive(Debug)]
 pub struct Config {
     pub signing_key: SigningKey,
+    /// The environment variable the key was read from; `None`: it was in the configuration.
+    pub signing_key_env: Option<String>,
     pub jwks_max_age_seconds: u32,
     /// Absent: the filter only serves the JWKS.
     pub ory: Option<OryConfig>,
@@ -65,6 +79,8 @@ pub struct OryConfig {
     pub cluster: String,
     pub project_api_key: Option<String>,
     pub whoami_timeout: Duration,
+    /// How many whoami calls a VM makes at once, and how long open paths wait for one.
+    pub load: LoadPolicy,
     pub public_origin: Origin,
     pub proxy_names: ProxyNames,
     pub rules: ProtectionRules,
@@ -74,6 +90,7 @@ pub struct OryConfig {
     pub signing_kid: String,
     pub jwt: JwtConfig,
     pub cache: CachePolicy,
+    /// Cookies whose names start with one of these carry a session (see `session`).
     pub session_cookie_prefixes: Vec<String>,
     pub cookie_domain: Option<String>,
     /// Where Ory's welcome page goes; `None`: the proxy's origin.
@@ -94,7 +111,11 @@ pub struct JwtConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     /// The ES256 private key: PKCS#8 PEM, SEC1 PEM, or a private JWK (as a JSON object or string).
-    signing_key: serde_json::Value,
+    #[serde(default)]
+    signing_key: Option<serde_json::Value>,
+    /// The environment variable that holds the key instead (in any of those forms).
+    #[serde(default)]
+    signing_key_env: Option<String>,
     #[serde(default = "default_jwks_max_age")]
     jwks_max_age_seconds: u32,
     #[serde(default)]
@@ -131,6 +152,10 @@ struct RawOry {
     project_api_key: Option<String>,
     #[serde(default = "default_whoami_timeout")]
     whoami_timeout_ms: u64,
+    #[serde(default = "default_max_concurrent_whoami")]
+    max_concurrent_whoami: u32,
+    #[serde(default = "default_open_path_wait")]
+    open_path_wait_ms: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,11 +231,17 @@ fn default_cluster() -> String {
 fn default_whoami_timeout() -> u64 {
     DEFAULT_WHOAMI_TIMEOUT_MS
 }
+fn default_max_concurrent_whoami() -> u32 {
+    load::DEFAULT_MAX_CONCURRENT_WHOAMI
+}
+fn default_open_path_wait() -> u64 {
+    load::DEFAULT_OPEN_PATH_WAIT_MS
+}
 fn default_proxy_names() -> Vec<String> {
     DEFAULT_PROXY_NAMES.iter().map(|name| name.to_string()).collect()
 }
 fn default_cookie_prefixes() -> Vec<String> {
-    cache::DEFAULT_SESSION_COOKIE_PREFIXES.iter().map(|prefix| prefix.to_string()).collect()
+    DEFAULT_SESSION_COOKIE_PREFIXES.iter().map(|prefix| prefix.to_string()).collect()
 }
 fn yes() -> bool {
     true
@@ -252,16 +283,74 @@ fn is_header_safe(value: &str) -> bool {
     !value.trim().is_empty() && value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
+/// An environment variable's name as POSIX shells and Envoy's `host_env_keys` take it.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|first| first == b'_' || first.is_ascii_alphabetic())
+        && bytes.all(|b| b == b'_' || b.is_ascii_alphanumeric())
+}
+
+/// The signing key from `signing_key` or from the variable `signing_key_env` names. The errors
+/// say which variable and why, never what it holds.
+fn signing_key(
+    raw: &RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(SigningKey, Option<String>), ConfigError> {
+    match (&raw.signing_key, &raw.signing_key_env) {
+        (Some(_), Some(_)) => {
+            Err(field_error("signing_key_env", "give the key in `signing_key` or name its variable here, not both"))
+        }
+        (None, None) => Err(field_error(
+            "signing_key",
+            "missing: give the key, or name the environment variable that holds it in `signing_key_env`",
+        )),
+        (Some(value), None) => {
+            let key = SigningKey::from_config_value(value).map_err(|reason| field_error("signing_key", reason))?;
+            Ok((key, None))
+        }
+        (None, Some(name)) => {
+            let name = name.trim();
+            if !is_env_name(name) {
+                return Err(field_error("signing_key_env", format!("{name:?} is not an environment variable name")));
+            }
+            let value = env(name).filter(|value| !value.trim().is_empty()).ok_or_else(|| {
+                field_error(
+                    "signing_key_env",
+                    format!(
+                        "the environment variable {name} is not set (or empty) in the filter's VM: start the \
+                         host with {name} holding the signing key (Envoy passes it to the VM when \
+                         vm_config.environment_variables.host_env_keys lists {name})"
+                    ),
+                )
+            })?;
+            let key = SigningKey::from_config_value(&serde_json::Value::String(value)).map_err(|reason| {
+                field_error("signing_key_env", format!("the environment variable {name} does not hold a key: {reason}"))
+            })?;
+            Ok((key, Some(name.to_string())))
+        }
+    }
+}
+
+/// A variable of the VM's environment (WASI `environ_get` inside a host; the process's natively).
+fn process_env(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+}
+
 impl Config {
+    /// Parses the configuration; `signing_key_env` is read from the VM's environment.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        Config::from_json_with_env(bytes, &process_env)
+    }
+
+    /// Parses the configuration, reading environment variables through `env`.
+    pub fn from_json_with_env(bytes: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let path = err.path().to_string();
             let inner = err.into_inner();
             if path == "." { ConfigError(inner.to_string()) } else { ConfigError(format!("{path}: {inner}")) }
         })?;
-        let signing_key =
-            SigningKey::from_config_value(&raw.signing_key).map_err(|reason| field_error("signing_key", reason))?;
+        let (signing_key, signing_key_env) = signing_key(&raw, env)?;
         let ory = match raw.ory {
             Some(ref ory) => Some(ory_config(ory, &raw, &signing_key)?),
             None => {
@@ -269,7 +358,7 @@ impl Config {
                 None
             }
         };
-        Ok(Config { signing_key, jwks_max_age_seconds: raw.jwks_max_age_seconds, ory })
+        Ok(Config { signing_key, signing_key_env, jwks_max_age_seconds: raw.jwks_max_age_seconds, ory })
     }
 }
 
@@ -317,6 +406,16 @@ fn ory_config(ory: &RawOry, raw: &RawConfig, key: &SigningKey) -> Result<OryConf
     }
     let whoami_timeout_ms = u32::try_from(ory.whoami_timeout_ms)
         .map_err(|_| field_error("ory.whoami_timeout_ms", "is too large (at most 4294967295)"))?;
+    if ory.max_concurrent_whoami == 0 {
+        return Err(field_error("ory.max_concurrent_whoami", "must be at least 1"));
+    }
+    if ory.open_path_wait_ms == 0 {
+        return Err(field_error("ory.open_path_wait_ms", "must be at least 1"));
+    }
+    let load = LoadPolicy {
+        max_concurrent_whoami: ory.max_concurrent_whoami,
+        open_path_wait: Duration::from_millis(ory.open_path_wait_ms),
+    };
 
     let public_url = raw.public_url.as_deref().ok_or_else(|| field_error("public_url", "is required with `ory`"))?;
     let public_origin = Origin::from_public_url(public_url).map_err(|err| field_error("public_url", err))?;
@@ -417,6 +516,7 @@ fn ory_config(ory: &RawOry, raw: &RawConfig, key: &SigningKey) -> Result<OryConf
         cluster: ory.cluster.trim().to_string(),
         project_api_key,
         whoami_timeout: Duration::from_millis(whoami_timeout_ms.into()),
+        load,
         public_origin,
         proxy_names,
         rules,
@@ -544,7 +644,11 @@ mod tests {
         assert_eq!(ory.cache.negative_ttl_ms, 1000);
         assert_eq!(ory.cache.slots, 4096);
         assert_eq!(ory.cache.max_entry_bytes, 65536);
-        assert_eq!(ory.session_cookie_prefixes, ["ory_"]);
+        assert_eq!(ory.session_cookie_prefixes, ["ory_session_", "ory_kratos_session"]);
+        assert_eq!(ory.load, LoadPolicy::default());
+        assert_eq!(ory.load.max_concurrent_whoami, 32);
+        assert_eq!(ory.load.open_path_wait, Duration::from_millis(300));
+        assert_eq!(config.signing_key_env, None);
         assert_eq!(ory.cookie_domain, None);
         assert_eq!(ory.default_redirect_url, None);
         assert_eq!(ory.cors.allowed_origins(), ["http://localhost:4000"]);
@@ -554,7 +658,7 @@ mod tests {
     fn every_field_is_read() {
         let config = with_ory(json!({
             "ory": { "url": "https://x.projects.oryapis.com", "cluster": "ory-net", "project_api_key": "k",
-                     "whoami_timeout_ms": 250 },
+                     "whoami_timeout_ms": 250, "max_concurrent_whoami": 4, "open_path_wait_ms": 120 },
             "proxy_names": ["proxy.test"],
             "protect": { "prefixes": ["/members"], "globs": ["/admin/**"], "regexes": ["^/api/v[0-9]+/"],
                          "ignore_case": true },
@@ -574,6 +678,7 @@ mod tests {
         assert_eq!(ory.cluster, "ory-net");
         assert_eq!(ory.project_api_key.as_deref(), Some("k"));
         assert_eq!(ory.whoami_timeout, Duration::from_millis(250));
+        assert_eq!(ory.load, LoadPolicy { max_concurrent_whoami: 4, open_path_wait: Duration::from_millis(120) });
         let normalized = |p| crate::paths::normalize(p).unwrap();
         assert!(ory.rules.protects(&normalized("/members/1")));
         assert!(ory.rules.protects(&normalized("/admin/a/b")));
@@ -601,6 +706,9 @@ mod tests {
             (json!({ "ory": { "url": "http://x", "project_api_key": "a\nb" } }), "ory.project_api_key:"),
             (json!({ "ory": { "url": "http://x", "whoami_timeout_ms": 0 } }), "ory.whoami_timeout_ms:"),
             (json!({ "ory": { "url": "http://x", "whoami_timeout_ms": 99999999999u64 } }), "ory.whoami_timeout_ms:"),
+            (json!({ "ory": { "url": "http://x", "max_concurrent_whoami": 0 } }), "ory.max_concurrent_whoami:"),
+            (json!({ "ory": { "url": "http://x", "max_concurrent_whoami": -1 } }), "ory.max_concurrent_whoami:"),
+            (json!({ "ory": { "url": "http://x", "open_path_wait_ms": 0 } }), "ory.open_path_wait_ms:"),
             (json!({ "public_url": "localhost:4000" }), "public_url:"),
             (json!({ "public_url": "http://localhost:4000/app" }), "public_url:"),
             (json!({ "proxy_names": ["localhost:4000"] }), "proxy_names:"),
@@ -677,21 +785,68 @@ mod tests {
     #[test]
     fn the_full_documented_example_parses() {
         let doc = json!({
-          "signing_key": TEST_KEY_PEM,
+          "signing_key_env": "ORY_PROXY_SIGNING_KEY",
           "jwks_max_age_seconds": 300,
-          "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000 },
+          "ory": { "url": "http://127.0.0.1:4433", "cluster": "ory", "project_api_key": null, "whoami_timeout_ms": 5000,
+                   "max_concurrent_whoami": 32, "open_path_wait_ms": 300 },
           "public_url": "http://localhost:4000",
           "proxy_names": ["localhost", "127.0.0.1", "::1"],
           "protect": { "prefixes": [], "globs": [], "regexes": [], "ignore_case": false },
           "pass_client_headers": [],
           "jwt": { "enabled": true, "ttl_seconds": 60, "audience": null },
           "session_cache": { "ttl_ms": 5000, "negative_ttl_ms": 1000, "slots": 4096, "max_entry_bytes": 65536 },
-          "session_cookie_prefixes": ["ory_"],
+          "session_cookie_prefixes": ["ory_session_", "ory_kratos_session"],
           "cookie_domain": null,
           "default_redirect_url": null,
           "cors": { "allowed_origins": [], "additional_headers": [] }
         });
-        assert!(Config::from_json(&json(doc)).unwrap().ory.is_some());
+        let env = |name: &str| (name == "ORY_PROXY_SIGNING_KEY").then(|| TEST_KEY_PEM.to_string());
+        assert!(Config::from_json_with_env(&json(doc), &env).unwrap().ory.is_some());
+    }
+
+    fn with_env(doc: serde_json::Value, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env = move |name: &str| vars.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+        Config::from_json_with_env(&json(doc), &env)
+    }
+
+    #[test]
+    fn the_key_may_come_from_an_environment_variable() {
+        let doc = json!({ "signing_key_env": "ORY_PROXY_SIGNING_KEY" });
+        let from_env = with_env(doc.clone(), &[("ORY_PROXY_SIGNING_KEY", TEST_KEY_PEM)]).unwrap();
+        let inline = Config::from_json(&json(json!({ "signing_key": TEST_KEY_PEM }))).unwrap();
+        assert_eq!(from_env.signing_key.kid(), inline.signing_key.kid());
+        assert_eq!(from_env.signing_key_env.as_deref(), Some("ORY_PROXY_SIGNING_KEY"));
+        // A private JWK works as well as PEM.
+        use base64::Engine as _;
+        let d = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(inline.signing_key.secret().to_bytes());
+        let jwk = json!({ "kty": "EC", "crv": "P-256", "d": d }).to_string();
+        let from_jwk = with_env(doc, &[("ORY_PROXY_SIGNING_KEY", &jwk)]).unwrap();
+        assert_eq!(from_jwk.signing_key.kid(), inline.signing_key.kid());
+    }
+
+    #[test]
+    fn a_missing_or_malformed_key_variable_is_a_clear_error_that_never_shows_the_value() {
+        let doc = json!({ "signing_key_env": "ORY_PROXY_SIGNING_KEY" });
+        for vars in [&[][..], &[("ORY_PROXY_SIGNING_KEY", "")][..], &[("OTHER", TEST_KEY_PEM)][..]] {
+            let err = with_env(doc.clone(), vars).unwrap_err().0;
+            assert!(err.starts_with("signing_key_env:"), "{err}");
+            assert!(err.contains("ORY_PROXY_SIGNING_KEY is not set"), "{err}");
+        }
+        let secretish = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0IGJ1dCBicm9rZW4=\n-----END PRIVATE KEY-----\n";
+        for value in ["not a key", secretish, "{\"kty\":\"EC\"}"] {
+            let err = with_env(doc.clone(), &[("ORY_PROXY_SIGNING_KEY", value)]).unwrap_err().0;
+            assert!(err.starts_with("signing_key_env:"), "{err}");
+            assert!(err.contains("ORY_PROXY_SIGNING_KEY does not hold a key"), "{err}");
+            assert!(!err.contains("c2VjcmV0"), "the value is not shown: {err}");
+        }
+        for name in ["", "1KEY", "MY-KEY", "A B", "KEY=x"] {
+            let err = with_env(json!({ "signing_key_env": name }), &[]).unwrap_err().0;
+            assert!(err.starts_with("signing_key_env:") && err.contains("not an environment variable name"), "{err}");
+        }
+        let both = json!({ "signing_key": TEST_KEY_PEM, "signing_key_env": "ORY_PROXY_SIGNING_KEY" });
+        let err = with_env(both, &[("ORY_PROXY_SIGNING_KEY", TEST_KEY_PEM)]).unwrap_err().0;
+        assert!(err.starts_with("signing_key_env:") && err.contains("not both"), "{err}");
     }
 
     #[test]

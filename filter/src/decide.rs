@@ -19,7 +19,7 @@ use crate::rewrite::{
     self, BodyRewrite, STRICT_TRANSPORT_SECURITY, needs_body_rewrite, ory_route, rewrite_location_at,
     rewrite_set_cookie,
 };
-use crate::session::Session;
+use crate::session::{Credentials, Session};
 use crate::token::{SigningKey, claims_to_be_ours, random_jti, sign_jwt};
 
 /// A header list as proxy-wasm hands it over: lower-case names, in order, repeats allowed.
@@ -145,6 +145,13 @@ pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_add
     let protected = config.rules.protects(&target);
     let kind = client_kind(header(headers, "accept"), header(headers, "x-requested-with"));
     RequestPlan::App(AppRequest { headers: out, origin, target, protected, kind })
+}
+
+/// What of an app request Ory could know its session by (read from the headers the app will get,
+/// so a client token that claims to be ours, already removed, is never sent to Ory either). Empty
+/// credentials mean no session, without asking.
+pub fn session_credentials(config: &OryConfig, request: &AppRequest) -> Credentials {
+    Credentials::from_headers(&request.headers, &config.session_cookie_prefixes)
 }
 
 /// Replaces every value of `name` with one (appended when absent).
@@ -1037,5 +1044,27 @@ mod tests {
         assert!(app(plan_request(&config, &request("/Members/x", &[]), None)).protected);
         assert!(!app(plan_request(&config, &request("/public", &[]), None)).protected);
         assert!(!app(plan_request(&self::config(), &request("/MEMBERS", &[]), None)).protected, "sensitive by default");
+    }
+
+    #[test]
+    fn only_what_ory_could_know_is_a_credential() {
+        let config = config();
+        let creds = |extra: &[(&str, &str)]| {
+            session_credentials(&config, &app(plan_request(&config, &request("/", extra), None)))
+        };
+        // Nothing Ory knows: no whoami call, whatever the cookies.
+        assert!(creds(&[("cookie", "_ga=GA1.2.3; theme=dark; csrf_token_abc=x")]).is_empty());
+        assert!(creds(&[("authorization", "Basic dXNlcjpwYXNz")]).is_empty());
+        let ours = jwt(json!({ "alg": "ES256", "kid": config.signing_kid }), json!({ "sub": "admin" }));
+        assert!(creds(&[("authorization", &format!("Bearer {ours}"))]).is_empty(), "removed before the check");
+        // What Ory could know, and only that.
+        let mixed = creds(&[("cookie", "_ga=1; ory_kratos_session=s; theme=dark")]);
+        assert_eq!(mixed.cookie.as_deref(), Some("ory_kratos_session=s"));
+        assert!(!creds(&[("cookie", "ory_session_playfulpike=s")]).is_empty());
+        assert!(!creds(&[("x-session-token", "t")]).is_empty());
+        assert!(!creds(&[("authorization", "Bearer some-session-token")]).is_empty());
+        let custom = config_with(json!({ "session_cookie_prefixes": ["sid"] }));
+        let plan = plan_request(&custom, &request("/", &[("cookie", "sid=1; ory_kratos_session=s")]), None);
+        assert_eq!(session_credentials(&custom, &app(plan)).cookie.as_deref(), Some("sid=1"));
     }
 }

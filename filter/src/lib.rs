@@ -9,6 +9,7 @@ pub mod cors;
 pub mod decide;
 pub mod endpoints;
 pub mod forwarded;
+pub mod load;
 pub mod negotiate;
 pub mod origin;
 pub mod paths;
@@ -23,14 +24,15 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[cfg(target_arch = "wasm32")]
 mod glue {
     //! The proxy-wasm side: one root context per VM (configuration, the per-VM table of whoami
-    //! calls in flight, the cache sweep) and one HTTP context per request. Decisions are made in
+    //! calls in flight, the tick that sweeps the cache and lets open paths stop waiting) and one
+    //! HTTP context per request. Decisions are made in
     //! `decide` and the modules it builds on; this file reads headers, calls the host and carries
     //! the plans out.
 
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::rc::Rc;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::UNIX_EPOCH;
 
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -42,13 +44,12 @@ mod glue {
         self, AppRequest, HeaderEdit, RequestPlan, ResponseContext, SessionAction, SessionResult, header,
     };
     use crate::endpoints::{self, LocalResponse};
+    use crate::load::{self, Admission};
     use crate::origin::{Origin, proxy_origin};
     use crate::session::{Credentials, Session, WhoamiOutcome, classify_whoami, whoami_request_headers};
     use crate::upgrade;
 
-    /// How often the root context sweeps the cache and re-asks for orphaned calls.
-    const TICK: Duration = Duration::from_secs(1);
-    /// Cache slots looked at per tick.
+    /// Cache slots looked at per sweep (one sweep every `load::SLOW_TICK`).
     const SWEEP_SLOTS_PER_TICK: u32 = 64;
 
     proxy_wasm::main! {{
@@ -67,6 +68,7 @@ mod glue {
         /// Calls the root context made (for requests whose own caller went away), by token.
         root_calls: HashMap<u32, CredsHash>,
         sweep_cursor: u32,
+        last_sweep_ms: u64,
     }
 
     struct Pending {
@@ -94,6 +96,11 @@ mod glue {
         refresh_cookies: Vec<String>,
         /// Paused for the whoami answer about these credentials.
         waiting_on: Option<CredsHash>,
+        /// When an open path stops waiting and goes on without a JWT (ms; see `load`).
+        deadline_ms: Option<u64>,
+        /// The whoami call this request made (its answer comes to this context, and still fills
+        /// the cache after the request stopped waiting).
+        calling: Option<CredsHash>,
         rewrite_body: bool,
         content_type: Option<String>,
         content_encoding: Option<String>,
@@ -110,6 +117,34 @@ mod glue {
     impl Root {
         fn new(id: u32) -> Root {
             Root { id, config: None, vm: Rc::new(RefCell::new(VmState::default())) }
+        }
+
+        /// Open paths that waited their time for Ory go on without a JWT; the calls they wait
+        /// for stay out, for the others and for the cache.
+        fn release_overdue(&self, ory: &OryConfig, now: u64) {
+            let due = {
+                let vm = self.vm.borrow();
+                load::overdue(vm.waiting.iter().map(|(id, flow)| (*id, flow.borrow().deadline_ms)), now)
+            };
+            if due.is_empty() {
+                return;
+            }
+            let wait = ory.load.open_path_wait.as_millis();
+            let result =
+                SessionResult::Unavailable(format!("Ory did not answer within the open-path wait ({wait} ms)"));
+            for id in due {
+                let flow = {
+                    let mut vm = self.vm.borrow_mut();
+                    let Some(flow) = vm.waiting.remove(&id) else { continue };
+                    if let Some(hash) = flow.borrow_mut().waiting_on.take() {
+                        vm.inflight.leave(&hash, id);
+                    }
+                    flow
+                };
+                flow.borrow_mut().deadline_ms = None;
+                settle(ory, id, &flow, &result, &[]);
+            }
+            let _ = hostcalls::set_effective_context(self.id);
         }
     }
 
@@ -137,9 +172,13 @@ mod glue {
                         Some(ory) => format!("Ory at {} (cluster {})", ory.issuer, ory.cluster),
                         None => "JWKS only (no Ory configured)".to_string(),
                     };
-                    log::info(&format!("configured: {mode}; signing key id {}", config.signing_key.kid()));
-                    if config.ory.is_some() {
-                        let _ = hostcalls::set_tick_period(TICK);
+                    let source = match &config.signing_key_env {
+                        Some(name) => format!(" (from the environment variable {name})"),
+                        None => String::new(),
+                    };
+                    log::info(&format!("configured: {mode}; signing key id {}{source}", config.signing_key.kid()));
+                    if let Some(ory) = &config.ory {
+                        let _ = hostcalls::set_tick_period(load::tick_period(&ory.load));
                     }
                     self.config = Some(Rc::new(config));
                     true
@@ -157,8 +196,12 @@ mod glue {
             let now = now_ms();
             {
                 let mut vm = self.vm.borrow_mut();
-                vm.sweep_cursor = cache::sweep(&HostStore, &ory.cache, vm.sweep_cursor, SWEEP_SLOTS_PER_TICK, now);
+                if load::slow_work_due(vm.last_sweep_ms, now) {
+                    vm.sweep_cursor = cache::sweep(&HostStore, &ory.cache, vm.sweep_cursor, SWEEP_SLOTS_PER_TICK, now);
+                    vm.last_sweep_ms = now;
+                }
             }
+            self.release_overdue(ory, now);
             // Requests still waiting for a call whose caller went away: ask again, from here.
             let orphans: Vec<(CredsHash, Credentials)> = self
                 .vm
@@ -205,29 +248,42 @@ mod glue {
     impl Context for Request {
         fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _trailers: usize) {
             let Some(ory) = self.config.ory.as_ref() else { return };
-            // Already answered by another call for the same credentials: nothing left to do.
-            let Some(hash) = self.flow.borrow().waiting_on else { return };
+            let Some(hash) = self.flow.borrow_mut().calling.take() else { return };
+            // Only the call still pending for these credentials counts (the root may have asked
+            // again after this request went away, or the answer came already).
+            let current = self.vm.borrow().pending.get(&hash).is_some_and(|pending| pending.caller == Some(self.id));
+            if !current {
+                return;
+            }
             let answer = read_call_response(num_headers, body_size);
             resolve(&self.config, ory, &self.vm, hash, answer, self.id);
         }
 
         fn on_done(&mut self) -> bool {
-            let waiting_on = self.flow.borrow_mut().waiting_on.take();
-            if let Some(hash) = waiting_on {
-                let mut vm = self.vm.borrow_mut();
+            let (waiting_on, calling) = {
+                let mut flow = self.flow.borrow_mut();
+                (flow.waiting_on.take(), flow.calling.take())
+            };
+            let Some(hash) = waiting_on.or(calling) else { return true };
+            let mut vm = self.vm.borrow_mut();
+            if waiting_on.is_some() {
                 vm.waiting.remove(&self.id);
                 vm.inflight.leave(&hash, self.id);
-                let still_waiting = vm.waiting.values().any(|flow| flow.borrow().waiting_on == Some(hash));
-                if !still_waiting {
-                    // Nobody needs the answer any more; the next request asks afresh.
-                    vm.inflight.complete(&hash);
-                    vm.pending.remove(&hash);
-                } else if let Some(pending) = vm.pending.get_mut(&hash)
-                    && pending.caller == Some(self.id)
+            }
+            let still_waiting = vm.waiting.values().any(|flow| flow.borrow().waiting_on == Some(hash));
+            let caller = vm.pending.get(&hash).and_then(|pending| pending.caller);
+            if still_waiting {
+                if caller == Some(self.id)
+                    && let Some(pending) = vm.pending.get_mut(&hash)
                 {
                     // Hosts cancel a gone request's calls: the root asks again for the others.
                     pending.caller = None;
                 }
+            } else if caller.is_none_or(|caller| caller == self.id) {
+                // Nobody needs the answer and no live request will get it: the call is over
+                // (it no longer counts against the bound), and the next request asks afresh.
+                vm.inflight.complete(&hash);
+                vm.pending.remove(&hash);
             }
             true
         }
@@ -286,9 +342,9 @@ mod glue {
                     let mut flow = self.flow.borrow_mut();
                     flow.ory_routed = Some(request.routed);
                     if request.logout {
-                        let creds = Credentials::from_headers(&headers);
+                        let creds = Credentials::from_headers(&headers, &ory.session_cookie_prefixes);
                         if !creds.is_empty() {
-                            let hash = credentials_hash(ory, &creds);
+                            let hash = CredsHash::of(&creds);
                             evict(ory, &hash);
                             flow.logout = Some(hash);
                         }
@@ -363,13 +419,14 @@ mod glue {
     impl Request {
         /// The session check of an app request: cache, then one whoami call per credentials.
         fn check_session(&mut self, ory: &OryConfig, request: AppRequest) -> Action {
-            let creds = Credentials::from_headers(&request.headers);
+            let creds = decide::session_credentials(ory, &request);
+            let protected = request.protected;
             self.flow.borrow_mut().app = Some(request);
             if creds.is_empty() {
                 // Nothing Ory could know the client by: no session, without asking.
                 return self.finish(ory, &SessionResult::NoSession);
             }
-            let hash = credentials_hash(ory, &creds);
+            let hash = CredsHash::of(&creds);
             let now = now_ms();
             let result = match cache::lookup(&HostStore, &ory.cache, &hash, now) {
                 CacheLookup::Fresh(entry) => decide::active_result(ory, &entry),
@@ -389,20 +446,41 @@ mod glue {
                 CacheLookup::Negative(Negative::Aal2Required { redirect_browser_to }) => {
                     SessionResult::Aal2Required { redirect_browser_to }
                 }
-                CacheLookup::Miss { previous } => return self.ask_ory(ory, hash, creds, previous),
+                CacheLookup::Miss { previous } => return self.ask_ory(ory, hash, creds, previous, protected, now),
             };
             self.finish(ory, &result)
         }
 
-        /// Joins the whoami call in flight for these credentials, or makes it.
+        /// Joins the whoami call in flight for these credentials, makes it, or (with the VM's
+        /// calls at their bound) goes on without asking. Open paths wait only so long.
         fn ask_ory(
             &mut self,
             ory: &OryConfig,
             hash: CredsHash,
             creds: Credentials,
             previous: Option<Positive>,
+            protected: bool,
+            now: u64,
         ) -> Action {
-            self.flow.borrow_mut().waiting_on = Some(hash);
+            let admission = {
+                let vm = self.vm.borrow();
+                load::admit(&ory.load, vm.inflight.is_pending(&hash), vm.inflight.len())
+            };
+            if admission == Admission::Busy {
+                let why = format!(
+                    "{} whoami calls are already in flight in this VM (the most it makes at once)",
+                    ory.load.max_concurrent_whoami
+                );
+                if protected {
+                    log::warn(&format!("not asking Ory about a protected request: {why}"));
+                }
+                return self.finish(ory, &SessionResult::Unavailable(why));
+            }
+            {
+                let mut flow = self.flow.borrow_mut();
+                flow.waiting_on = Some(hash);
+                flow.deadline_ms = load::wait_deadline(&ory.load, protected, now);
+            }
             let joined = {
                 let mut vm = self.vm.borrow_mut();
                 vm.waiting.insert(self.id, self.flow.clone());
@@ -415,6 +493,7 @@ mod glue {
                 Ok(_token) => {
                     let pending = Pending { creds, previous, caller: Some(self.id), root_token: None };
                     self.vm.borrow_mut().pending.insert(hash, pending);
+                    self.flow.borrow_mut().calling = Some(hash);
                     Action::Pause
                 }
                 Err(why) => {
@@ -423,7 +502,11 @@ mod glue {
                         vm.inflight.complete(&hash);
                         vm.waiting.remove(&self.id);
                     }
-                    self.flow.borrow_mut().waiting_on = None;
+                    {
+                        let mut flow = self.flow.borrow_mut();
+                        flow.waiting_on = None;
+                        flow.deadline_ms = None;
+                    }
                     log::warn(&why);
                     self.finish(ory, &SessionResult::Unavailable(why))
                 }
@@ -528,30 +611,40 @@ mod glue {
         };
         for id in waiters {
             let Some(flow) = vm.borrow_mut().waiting.remove(&id) else { continue };
-            if hostcalls::set_effective_context(id).is_err() {
-                continue;
-            }
-            let action = {
+            {
                 let mut flow = flow.borrow_mut();
                 flow.waiting_on = None;
-                flow.refresh_cookies.extend(answer.set_cookies.iter().cloned());
-                let Some(action) = session_action_for(ory, &flow, &result) else { continue };
-                action
-            };
-            match action {
-                SessionAction::Continue { authorization } => {
-                    if let Some(value) = authorization {
-                        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", Some(&value));
-                    }
-                    let _ = hostcalls::resume_http_request();
-                }
-                SessionAction::Reply(response) => {
-                    flow.borrow_mut().local = true;
-                    send_reply(&response);
-                }
+                flow.deadline_ms = None;
             }
+            settle(ory, id, &flow, &result, &answer.set_cookies);
         }
         let _ = hostcalls::set_effective_context(current);
+    }
+
+    /// Resumes (or answers) the paused request `id` with its session result, from whichever
+    /// context the host is running: the caller restores the effective context afterwards.
+    fn settle(ory: &OryConfig, id: u32, flow: &Rc<RefCell<Flow>>, result: &SessionResult, set_cookies: &[String]) {
+        if hostcalls::set_effective_context(id).is_err() {
+            return;
+        }
+        let action = {
+            let mut flow = flow.borrow_mut();
+            flow.refresh_cookies.extend(set_cookies.iter().cloned());
+            let Some(action) = session_action_for(ory, &flow, result) else { return };
+            action
+        };
+        match action {
+            SessionAction::Continue { authorization } => {
+                if let Some(value) = authorization {
+                    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, "authorization", Some(&value));
+                }
+                let _ = hostcalls::resume_http_request();
+            }
+            SessionAction::Reply(response) => {
+                flow.borrow_mut().local = true;
+                send_reply(&response);
+            }
+        }
     }
 
     /// What a request does with the session check's result (in the request's own context): the
@@ -573,11 +666,6 @@ mod glue {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         hostcalls::dispatch_http_call(&ory.cluster, headers, None, vec![], ory.whoami_timeout)
             .map_err(|status| format!("the whoami call to cluster {:?} could not be made: {status:?}", ory.cluster))
-    }
-
-    fn credentials_hash(ory: &OryConfig, creds: &Credentials) -> CredsHash {
-        let prefixes: Vec<&str> = ory.session_cookie_prefixes.iter().map(String::as_str).collect();
-        CredsHash::of(creds, &prefixes)
     }
 
     fn evict(ory: &OryConfig, hash: &CredsHash) {

@@ -3,39 +3,79 @@
 
 use serde::Deserialize;
 
-/// The identity-bearing headers of one inbound request, read once from the header map.
+/// Cookies whose names start with one of these carry an Ory session: `ory_session_<slug>` (Ory
+/// Network) and `ory_kratos_session` (self-hosted Kratos's default name). A Kratos configured with
+/// another `session.cookie.name` needs that name in `session_cookie_prefixes`.
+pub const DEFAULT_SESSION_COOKIE_PREFIXES: &[&str] = &["ory_session_", "ory_kratos_session"];
+
+/// What of one inbound request Ory could know a session by, read once from the header map: the
+/// session cookies, `X-Session-Token`, and `Authorization` when it is a bearer token (Kratos's
+/// three places, REFERENCE §2).
 ///
-/// Repeated headers: `cookie` values are joined with `"; "` (HTTP/2 may split one Cookie header
-/// into several fields, RFC 9113 §8.2.3); for the others only the first value counts, which is
-/// also what Ory reads (Go's `Header.Get`). The cache key is computed from exactly these values,
-/// so Ory and the cache never see different credentials.
+/// Everything else is left out: other cookies (analytics, CSRF, the app's own) and other
+/// `Authorization` schemes (Basic, API keys) are neither sent to Ory nor part of the cache key, so
+/// they cannot cost a whoami call or split the cache, and Ory and the cache always see the same
+/// credentials. Repeated headers: session cookies from every `cookie` field are kept in order and
+/// joined with `"; "` (HTTP/2 may split one Cookie header into several fields, RFC 9113 §8.2.3);
+/// for the others only the first value counts, which is also what Ory reads (Go's `Header.Get`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
+    /// The session cookies only, `name=value` pairs joined with `"; "`.
     pub cookie: Option<String>,
+    /// The whole header value, and only when it is `Bearer <token>`.
     pub authorization: Option<String>,
     pub session_token: Option<String>,
     /// Not a credential: forwarded for tracing, never part of the cache key.
     pub request_id: Option<String>,
 }
 
+/// Whether a cookie of this name carries an Ory session.
+pub fn is_session_cookie<P: AsRef<str>>(name: &str, prefixes: &[P]) -> bool {
+    !name.is_empty() && prefixes.iter().any(|prefix| name.starts_with(prefix.as_ref()))
+}
+
+/// `Bearer <token>` with a token, the scheme in any case (as Kratos reads it).
+fn is_bearer(value: &str) -> bool {
+    value
+        .trim()
+        .split_once(' ')
+        .is_some_and(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
+}
+
 impl Credentials {
-    /// Reads the credentials from request headers (names in any case; proxy-wasm gives lower case).
-    pub fn from_headers<K: AsRef<str>, V: AsRef<str>>(headers: &[(K, V)]) -> Credentials {
+    /// Reads the credentials from request headers (names in any case; proxy-wasm gives lower
+    /// case). `cookie_prefixes` say which cookies are session cookies (see
+    /// [`DEFAULT_SESSION_COOKIE_PREFIXES`]).
+    pub fn from_headers<K: AsRef<str>, V: AsRef<str>, P: AsRef<str>>(
+        headers: &[(K, V)],
+        cookie_prefixes: &[P],
+    ) -> Credentials {
         let mut creds = Credentials::default();
+        let (mut authorization_seen, mut token_seen) = (false, false);
         for (name, value) in headers {
             let (name, value) = (name.as_ref(), value.as_ref());
             if name.eq_ignore_ascii_case("cookie") {
-                match &mut creds.cookie {
-                    Some(joined) => {
-                        joined.push_str("; ");
-                        joined.push_str(value);
+                for pair in value.split(';').map(str::trim) {
+                    let Some((cookie, cookie_value)) = pair.split_once('=') else { continue };
+                    if cookie_value.trim().is_empty() || !is_session_cookie(cookie.trim(), cookie_prefixes) {
+                        continue;
                     }
-                    None => creds.cookie = Some(value.to_string()),
+                    match &mut creds.cookie {
+                        Some(joined) => {
+                            joined.push_str("; ");
+                            joined.push_str(pair);
+                        }
+                        None => creds.cookie = Some(pair.to_string()),
+                    }
                 }
             } else if name.eq_ignore_ascii_case("authorization") {
-                creds.authorization.get_or_insert_with(|| value.to_string());
+                if !std::mem::replace(&mut authorization_seen, true) && is_bearer(value) {
+                    creds.authorization = Some(value.to_string());
+                }
             } else if name.eq_ignore_ascii_case("x-session-token") {
-                creds.session_token.get_or_insert_with(|| value.to_string());
+                if !std::mem::replace(&mut token_seen, true) && !value.trim().is_empty() {
+                    creds.session_token = Some(value.to_string());
+                }
             } else if name.eq_ignore_ascii_case("x-request-id") {
                 creds.request_id.get_or_insert_with(|| value.to_string());
             }
@@ -43,11 +83,10 @@ impl Credentials {
         creds
     }
 
-    /// True when the request carries nothing Ory could recognise a session by; Ory would answer
-    /// 401, so the glue may skip the call.
+    /// True when the request carries nothing Ory could recognise a session by: Ory would answer
+    /// 401, so the glue does not ask.
     pub fn is_empty(&self) -> bool {
-        let blank = |v: &Option<String>| v.as_deref().is_none_or(|v| v.trim().is_empty());
-        blank(&self.cookie) && blank(&self.authorization) && blank(&self.session_token)
+        self.cookie.is_none() && self.authorization.is_none() && self.session_token.is_none()
     }
 }
 
@@ -215,9 +254,13 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    fn creds_of(pairs: &[(&str, &str)]) -> Credentials {
+        Credentials::from_headers(&headers(pairs), DEFAULT_SESSION_COOKIE_PREFIXES)
+    }
+
     #[test]
     fn forwards_the_credentials_and_asks_for_json() {
-        let inbound = headers(&[
+        let creds = creds_of(&[
             (":path", "/members"),
             ("cookie", "ory_session_x=abc; theme=dark"),
             ("authorization", "Bearer t"),
@@ -226,7 +269,6 @@ mod tests {
             ("user-agent", "curl"),
             ("x-forwarded-host", "evil"),
         ]);
-        let creds = Credentials::from_headers(&inbound);
         let out = whoami_request_headers("example.projects.oryapis.com", "", &creds);
         assert_eq!(
             out,
@@ -235,12 +277,59 @@ mod tests {
                 (":path", "/sessions/whoami"),
                 (":authority", "example.projects.oryapis.com"),
                 ("accept", "application/json"),
-                ("cookie", "ory_session_x=abc; theme=dark"),
+                ("cookie", "ory_session_x=abc"),
                 ("authorization", "Bearer t"),
                 ("x-session-token", "st"),
                 ("x-request-id", "rid"),
             ])
         );
+    }
+
+    #[test]
+    fn only_session_cookies_are_credentials() {
+        // Ory Network's and Kratos's names; everything else is the app's or a browser's.
+        for cookie in ["ory_session_playfulpike=s", "ory_kratos_session=s", "a=1; ory_kratos_session=s; b=2"] {
+            assert!(!creds_of(&[("cookie", cookie)]).is_empty(), "{cookie}");
+        }
+        for cookie in [
+            "_ga=GA1.1.1; theme=dark",
+            "csrf_token_0123abcd=x",
+            "ory_kratos_continuity=x",
+            "ory_sessionx=x",
+            "session=ory_kratos_session",
+            "ory_kratos_session=",
+            "ory_kratos_session",
+            "",
+        ] {
+            assert!(creds_of(&[("cookie", cookie)]).is_empty(), "{cookie:?}");
+        }
+        let mixed = creds_of(&[("cookie", "_ga=1; ory_session_a=s1"), ("cookie", "ory_kratos_session=s2; x=y")]);
+        assert_eq!(
+            mixed.cookie.as_deref(),
+            Some("ory_session_a=s1; ory_kratos_session=s2"),
+            "in order, others left out"
+        );
+        // A Kratos with a custom cookie name is configured with it.
+        let custom = Credentials::from_headers(&headers(&[("cookie", "sid=s; _ga=1")]), &["sid"]);
+        assert_eq!(custom.cookie.as_deref(), Some("sid=s"));
+    }
+
+    #[test]
+    fn only_bearer_tokens_and_session_tokens_are_credentials() {
+        assert!(!creds_of(&[("authorization", "Bearer t")]).is_empty());
+        assert!(!creds_of(&[("authorization", "bearer t")]).is_empty());
+        assert!(!creds_of(&[("x-session-token", "st")]).is_empty());
+        for (name, value) in [
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("authorization", "Bearer "),
+            ("authorization", "Bearer"),
+            ("authorization", "ApiKey k"),
+            ("x-session-token", " "),
+        ] {
+            assert!(creds_of(&[(name, value)]).is_empty(), "{name}: {value}");
+        }
+        // The first Authorization is the one Ory reads: a bearer token behind a Basic one is not.
+        assert!(creds_of(&[("authorization", "Basic x"), ("authorization", "Bearer t")]).is_empty());
     }
 
     #[test]
@@ -261,16 +350,19 @@ mod tests {
 
     #[test]
     fn repeated_headers_join_cookies_and_keep_the_first_of_the_rest() {
-        let creds = Credentials::from_headers(&headers(&[
-            ("Cookie", "a=1"),
+        let creds = creds_of(&[
+            ("Cookie", "ory_session_a=1"),
             ("cookie", "ory_kratos_session=s"),
             ("authorization", "Bearer first"),
             ("Authorization", "Bearer second"),
-        ]));
-        assert_eq!(creds.cookie.as_deref(), Some("a=1; ory_kratos_session=s"));
+            ("x-session-token", "one"),
+            ("x-session-token", "two"),
+        ]);
+        assert_eq!(creds.cookie.as_deref(), Some("ory_session_a=1; ory_kratos_session=s"));
         assert_eq!(creds.authorization.as_deref(), Some("Bearer first"));
+        assert_eq!(creds.session_token.as_deref(), Some("one"));
         assert!(!creds.is_empty());
-        assert!(Credentials::from_headers(&headers(&[("x-request-id", "r"), ("cookie", " ")])).is_empty());
+        assert!(creds_of(&[("x-request-id", "r"), ("cookie", " ")]).is_empty());
     }
 
     #[test]

@@ -94,14 +94,17 @@ const ENVOY_HELP: &str = "\
 Prints an Envoy v3 bootstrap (YAML) that runs the ory-proxy filter exactly as `ory-proxy local`
 would with the same flags: the same filter configuration, routes and clusters.
 
-The configuration carries the JWT signing key (--jwt-key, or the key kept in $ORY_PROXY_HOME):
-give every Envoy instance the same file, and keep it as secret as the key. Build the module with
+The JWT signing key (--jwt-key, or the key kept in $ORY_PROXY_HOME) is not written into the
+configuration: Envoy passes the environment variable ORY_PROXY_SIGNING_KEY of its own process to
+the filter, so start Envoy with it set from the key file, the same key for every instance. Nobody
+who can read the configuration (Envoy's admin /config_dump, say) reads the key.
+--inline-signing-key writes the key into the configuration instead. Build the module with
 `make filter` and put it where --module-path says. See envoy/README.md.
 
 Examples:
   ory-proxy envoy-config http://app:3000 --sdk-url https://<slug>.projects.oryapis.com \\
       --host 0.0.0.0 --jwt-key signing-key.pem -o envoy.yaml
-  envoy -c envoy.yaml";
+  ORY_PROXY_SIGNING_KEY=\"$(cat signing-key.pem)\" envoy -c envoy.yaml";
 
 #[derive(Debug, Clone, Args)]
 pub struct EnvoyArgs {
@@ -119,6 +122,12 @@ pub struct EnvoyArgs {
     /// Write the configuration to this file (readable by its owner only) instead of printing it.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Write the signing key into the filter configuration instead of having Envoy pass it from
+    /// its environment: for proxy-wasm hosts that cannot give a VM environment variables. Anyone
+    /// who can read the configuration (Envoy's admin /config_dump included) can read the key.
+    #[arg(long)]
+    pub inline_signing_key: bool,
 }
 
 impl EnvoyArgs {
@@ -126,8 +135,8 @@ impl EnvoyArgs {
         crate::envoy::EnvoyOptions { module_path: self.module_path.clone(), admin_port: self.admin_port }
     }
 
-    /// The plan `ory-proxy local` would run with these flags, as Envoy YAML.
-    pub async fn bootstrap_yaml(&self) -> anyhow::Result<String> {
+    /// The plan `ory-proxy local` would run with these flags, for Envoy.
+    pub async fn plan(&self) -> anyhow::Result<crate::plan::Plan> {
         if let Some(filter) = &self.local.filter {
             bail!("--filter {}: Envoy loads the module from --module-path instead", filter.display());
         }
@@ -135,8 +144,14 @@ impl EnvoyArgs {
         // in front of Envoy): plan it as `local --no-https` would.
         let mut local = self.local.clone();
         local.no_https = true;
-        let plan = crate::plan::plan(&local.deployment().await?)?;
-        Ok(crate::envoy::bootstrap_yaml(&plan, &self.options()))
+        let mut deployment = local.deployment().await?;
+        deployment.inline_signing_key = self.inline_signing_key;
+        crate::plan::plan(&deployment)
+    }
+
+    /// That plan as Envoy YAML.
+    pub async fn bootstrap_yaml(&self) -> anyhow::Result<String> {
+        Ok(crate::envoy::bootstrap_yaml(&self.plan().await?, &self.options()))
     }
 }
 
@@ -204,6 +219,23 @@ pub struct LocalArgs {
     /// How long a session answer from Ory is reused, e.g. 5s. 0s asks Ory on every request.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub session_cache_ttl: Option<Duration>,
+
+    /// At most this many whoami calls to Ory at once, per filter VM (per worker thread): beyond
+    /// that, a request with an unknown session is not asked about (protected paths answer 502,
+    /// others go on without a JWT). Default 32.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_whoami: Option<u32>,
+
+    /// Cookies whose names start with this carry an Ory session (repeatable), for a Kratos with
+    /// its own session cookie name. Default: ory_session_ (Ory Network) and ory_kratos_session.
+    /// Only requests with such a cookie, an X-Session-Token or a bearer token are checked with Ory.
+    #[arg(long, value_name = "PREFIX")]
+    pub session_cookie: Vec<String>,
+
+    /// How long a request to an unprotected path waits for Ory's answer about its session before
+    /// it goes on without a JWT (the answer still fills the cache), e.g. 300ms. Default 300ms.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub open_path_wait: Option<Duration>,
 
     /// Sign JWTs with this key (PKCS#8 or SEC1 PEM, or a private JWK) instead of the kept one.
     #[arg(long, value_name = "FILE")]
@@ -375,6 +407,9 @@ impl LocalArgs {
             Some(path) => state::read_signing_key(path)?,
             None => state::kept_signing_key(&state::home()?)?,
         };
+        if self.open_path_wait.is_some_and(|wait| wait.as_millis() == 0) {
+            bail!("--open-path-wait must be at least 1ms");
+        }
         Ok(Deployment {
             upstream,
             listen,
@@ -406,7 +441,19 @@ impl LocalArgs {
                 upstream_timeout: self.upstream_timeout,
             },
             signing_key,
+            inline_signing_key: false,
+            max_concurrent_whoami: self.max_concurrent_whoami,
+            open_path_wait: self.open_path_wait,
+            session_cookie_prefixes: self.session_cookie.clone(),
         })
+    }
+
+    /// The file the signing key is read from: --jwt-key, or the one kept in $ORY_PROXY_HOME.
+    pub fn signing_key_file(&self) -> anyhow::Result<PathBuf> {
+        match &self.jwt_key {
+            Some(path) => Ok(path.clone()),
+            None => Ok(state::home()?.join(state::SIGNING_KEY_FILE)),
+        }
     }
 }
 

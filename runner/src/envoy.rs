@@ -6,17 +6,21 @@
 //! (`/.ory/` to the `ory` cluster with prefix and host rewrite, everything else to `app`) and
 //! the clusters, with verified TLS and SNI for `https` upstreams.
 //!
-//! The filter configuration carries the JWT signing key. That is the contract for Envoy: every
-//! Envoy instance (and every worker VM inside one) gets the same key through the same
-//! configuration, so tokens signed by any of them verify against the one JWKS. The bootstrap is
-//! therefore a secret, like the key file it was made from.
+//! The JWT signing key is not in the bootstrap: the filter configuration names the environment
+//! variable that holds it (`signing_key_env`), and `vm_config.environment_variables.host_env_keys`
+//! has Envoy pass that variable from its own process environment to every VM. Anyone who can read
+//! the configuration (the admin interface's `/config_dump`, a ConfigMap, a WasmPlugin object)
+//! therefore never reads the key; whoever starts Envoy sets the variable from the key file or a
+//! secret, the same for every instance so that tokens signed by any of them verify against the one
+//! JWKS. With `--inline-signing-key` the key is in the configuration instead, and the bootstrap is
+//! as secret as the key.
 
 use std::time::Duration;
 
 use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
 use url::{Host, Url};
 
-use crate::plan::{FILTER_NAME, Plan};
+use crate::plan::{FILTER_NAME, Plan, SIGNING_KEY_ENV};
 use crate::proxy::{Cluster, Limits, Route};
 
 /// Where the official Envoy image (and most installs) find the module unless told otherwise.
@@ -62,21 +66,37 @@ impl Default for EnvoyOptions {
 
 const HEADER: &str = "\
 # Envoy v3 bootstrap for the ory-proxy filter, made by `ory-proxy envoy-config`.
+";
+
+/// Says where the key is when it is in the environment.
+const KEY_FROM_ENVIRONMENT: &str = "\
+# The JWT signing key is not in this file: Envoy hands the filter the environment variable
+# ORY_PROXY_SIGNING_KEY (vm_config.environment_variables below). Start Envoy with it holding the
+# key, the same key for every Envoy instance:
+#   ORY_PROXY_SIGNING_KEY=\"$(cat <key file>)\" envoy -c <this file>
+# See envoy/README.md.
+";
+
+/// Says where the key is when it is inlined.
+const KEY_INLINE: &str = "\
 # The filter configuration below carries the JWT signing key: keep this file as secret as the
 # key, and give every Envoy instance the same one. See envoy/README.md.
 ";
 
-/// Heads a configuration signed with [`DEMO_SIGNING_KEY`].
+/// Heads a configuration made for [`DEMO_SIGNING_KEY`].
 pub const DEMO_HEADER: &str = "\
 #
-# DEMO ONLY: this configuration signs JWTs with the published demo key
-# (envoy/demo-signing-key.pem). Anyone can forge tokens with it. Never use it beyond your laptop:
-# make your own with `ory-proxy envoy-config ... --jwt-key <your key>`.
+# DEMO ONLY: made for the published demo key (envoy/demo-signing-key.pem), which anyone can use
+# to forge tokens:
+#   ORY_PROXY_SIGNING_KEY=\"$(cat envoy/demo-signing-key.pem)\" envoy -c envoy/envoy.yaml
+# Never use it beyond your laptop: make your own configuration with
+# `ory-proxy envoy-config ... --jwt-key <your key>`.
 ";
 
 /// The bootstrap as YAML, with a comment saying what it is.
 pub fn bootstrap_yaml(plan: &Plan, options: &EnvoyOptions) -> String {
     let mut yaml = String::from(HEADER);
+    yaml.push_str(if plan.vm_environment.is_empty() { KEY_INLINE } else { KEY_FROM_ENVIRONMENT });
     if uses_demo_key(plan) {
         yaml.push_str(DEMO_HEADER);
     }
@@ -89,7 +109,21 @@ pub fn bootstrap_yaml(plan: &Plan, options: &EnvoyOptions) -> String {
 
 /// Whether the plan signs with the published demo key.
 pub fn uses_demo_key(plan: &Plan) -> bool {
-    plan.filter.get("signing_key").and_then(|key| key.as_str()).is_some_and(|key| key.trim() == DEMO_SIGNING_KEY.trim())
+    plan.signing_key().is_some_and(|key| key.trim() == DEMO_SIGNING_KEY.trim())
+}
+
+/// How to start Envoy with the key when the bootstrap leaves it to the environment; `None` when
+/// the bootstrap carries the key itself.
+pub fn start_hint(plan: &Plan, key_file: &std::path::Path, config_file: Option<&std::path::Path>) -> Option<String> {
+    if plan.vm_environment.is_empty() {
+        return None;
+    }
+    let config = config_file.map_or("envoy.yaml".to_string(), |file| file.display().to_string());
+    Some(format!(
+        "the signing key is not in the configuration: start Envoy with {SIGNING_KEY_ENV} holding it, e.g.\n  \
+         {SIGNING_KEY_ENV}=\"$(cat {})\" envoy -c {config}",
+        key_file.display()
+    ))
 }
 
 /// The bootstrap as a tree, in the order a person reads it.
@@ -216,16 +250,7 @@ fn wasm_filter(plan: &Plan, options: &EnvoyOptions) -> Node {
         // base interval of 1ms crashed Envoy 1.40 with SIGFPE on the second trap.)
         ("failure_policy", "FAIL_RELOAD".into()),
         ("reload_config", map([("backoff", map([("base_interval", "0.1s".into()), ("max_interval", "0.1s".into())]))])),
-        (
-            "vm_config",
-            map([
-                // One vm_id for every worker's VM: Envoy's shared data is per vm_id, and that is
-                // where the filter keeps its process-wide state.
-                ("vm_id", FILTER_NAME.into()),
-                ("runtime", WASM_RUNTIME.into()),
-                ("code", map([("local", map([("filename", options.module_path.as_str().into())]))])),
-            ]),
-        ),
+        ("vm_config", vm_config(plan, options)),
         (
             "configuration",
             map([("@type", type_url::STRING_VALUE.into()), ("value", plan.filter_configuration().into())]),
@@ -235,6 +260,23 @@ fn wasm_filter(plan: &Plan, options: &EnvoyOptions) -> Node {
         ("name", "envoy.filters.http.wasm".into()),
         ("typed_config", map([("@type", type_url::WASM.into()), ("config", config)])),
     ])
+}
+
+fn vm_config(plan: &Plan, options: &EnvoyOptions) -> Node {
+    let mut fields = vec![
+        // One vm_id for every worker's VM: Envoy's shared data is per vm_id, and that is where
+        // the filter keeps its process-wide state.
+        ("vm_id", Node::from(FILTER_NAME)),
+        ("runtime", WASM_RUNTIME.into()),
+        ("code", map([("local", map([("filename", options.module_path.as_str().into())]))])),
+    ];
+    if !plan.vm_environment.is_empty() {
+        // Names only: Envoy reads the values from its own environment at start. (`key_values`
+        // would put them into the configuration, and into /config_dump.)
+        let names = plan.vm_environment.iter().map(|(name, _)| Node::from(name.as_str())).collect();
+        fields.push(("environment_variables", map([("host_env_keys", Node::List(names))])));
+    }
+    Node::map(fields)
 }
 
 fn router_filter() -> Node {

@@ -26,6 +26,7 @@ pub fn load_filter(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Plugin> {
         name: FILTER_NAME.into(),
         vm_id: FILTER_NAME.into(),
         configuration: plan.filter_configuration().into_bytes(),
+        environment: plan.vm_environment.clone(),
         clusters: plan.cluster_names(),
         callback_deadline: Some(CALLBACK_DEADLINE),
         ..PluginSpec::default()

@@ -104,16 +104,24 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
 }
 
 async fn envoy_config(args: &EnvoyArgs) -> anyhow::Result<()> {
-    let yaml = args.bootstrap_yaml().await?;
-    if yaml.contains(ory_proxy::envoy::DEMO_HEADER) {
+    let plan = args.plan().await?;
+    let yaml = ory_proxy::envoy::bootstrap_yaml(&plan, &args.options());
+    if ory_proxy::envoy::uses_demo_key(&plan) {
         tracing::warn!("signing with the published demo key: fine on a laptop, never anywhere else");
     }
+    let hint = ory_proxy::envoy::start_hint(&plan, &args.local.signing_key_file()?, args.output.as_deref());
     match &args.output {
         Some(path) => {
             state::write_private(path, yaml.as_bytes())?;
-            eprintln!("wrote {} (it holds the signing key: keep it secret)", path.display());
+            match hint {
+                None => eprintln!("wrote {} (it holds the signing key: keep it secret)", path.display()),
+                Some(_) => eprintln!("wrote {}", path.display()),
+            }
         }
         None => print!("{yaml}"),
+    }
+    if let Some(hint) = hint {
+        eprintln!("{hint}");
     }
     Ok(())
 }

@@ -18,6 +18,9 @@ pub const ORY_PREFIX: &str = "/.ory/";
 /// The filter's plugin name, root id and VM id, in the runner and in Envoy alike (Envoy shares
 /// data between the VMs of one VM id).
 pub const FILTER_NAME: &str = "ory-proxy";
+/// The environment variable of the filter's VMs that holds the signing key (the filter
+/// configuration names it in `signing_key_env` instead of carrying the key).
+pub const SIGNING_KEY_ENV: &str = "ORY_PROXY_SIGNING_KEY";
 
 /// Paths that need a session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +66,15 @@ pub struct Deployment {
     pub limits: Limits,
     /// The ES256 key as PEM (or a private JWK).
     pub signing_key: String,
+    /// Put the key itself into the filter configuration instead of the VMs' environment (for
+    /// proxy-wasm hosts that cannot give a VM environment variables).
+    pub inline_signing_key: bool,
+    /// At most this many whoami calls at once per VM (the filter's default when `None`).
+    pub max_concurrent_whoami: Option<u32>,
+    /// How long open paths wait for a whoami answer (the filter's default when `None`).
+    pub open_path_wait: Option<Duration>,
+    /// Prefixes of the session cookie names (the filter's defaults when empty).
+    pub session_cookie_prefixes: Vec<String>,
 }
 
 impl Deployment {
@@ -89,6 +101,10 @@ impl Deployment {
             upstream_ca_file: None,
             limits: Limits::default(),
             signing_key,
+            inline_signing_key: false,
+            max_concurrent_whoami: None,
+            open_path_wait: None,
+            session_cookie_prefixes: Vec::new(),
         }
     }
 }
@@ -105,6 +121,11 @@ pub struct Plan {
     pub limits: Limits,
     /// The filter's configuration; [`Plan::filter_configuration`] is its exact bytes.
     pub filter: Value,
+    /// Environment variables of the filter's VMs (Envoy's `vm_config.environment_variables`):
+    /// the signing key, unless it is inlined. The runner hands them to its VMs itself; the Envoy
+    /// bootstrap names them in `host_env_keys`, so Envoy passes the values of its own process
+    /// environment and they never appear in its configuration.
+    pub vm_environment: Vec<(String, String)>,
 }
 
 impl Plan {
@@ -115,6 +136,14 @@ impl Plan {
 
     pub fn cluster_names(&self) -> Vec<String> {
         self.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The signing key, wherever the plan puts it.
+    pub fn signing_key(&self) -> Option<&str> {
+        let inline = self.filter.get("signing_key").and_then(Value::as_str);
+        let from_env =
+            self.vm_environment.iter().find(|(name, _)| name == SIGNING_KEY_ENV).map(|(_, key)| key.as_str());
+        inline.or(from_env)
     }
 }
 
@@ -163,7 +192,12 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
     let mut clusters = vec![app];
     let mut routes = vec![app_route];
 
-    let mut filter = json!({ "signing_key": deployment.signing_key });
+    let (mut filter, vm_environment) = if deployment.inline_signing_key {
+        (json!({ "signing_key": deployment.signing_key }), Vec::new())
+    } else {
+        let environment = vec![(SIGNING_KEY_ENV.to_string(), deployment.signing_key.clone())];
+        (json!({ "signing_key_env": SIGNING_KEY_ENV }), environment)
+    };
     if let Some(ory_url) = &deployment.ory_url {
         let ory = Cluster::new(ORY_CLUSTER, origin(ory_url).as_str()).context("the Ory URL")?;
         let base = ory_url.path().trim_end_matches('/');
@@ -174,11 +208,18 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
             host_rewrite: Some(ory.authority()),
         });
         clusters.push(ory);
-        let ory_config = json!({
+        let mut ory_config = json!({
             "url": ory_url.as_str().trim_end_matches('/'),
             "cluster": ORY_CLUSTER,
             "project_api_key": deployment.project_api_key,
         });
+        // Written only when set: the filter's defaults are defined once, in the filter.
+        if let Some(max) = deployment.max_concurrent_whoami {
+            ory_config["max_concurrent_whoami"] = json!(max);
+        }
+        if let Some(wait) = deployment.open_path_wait {
+            ory_config["open_path_wait_ms"] = json!(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        }
         let object = filter.as_object_mut().expect("built as an object");
         object.insert("ory".into(), ory_config);
         object.insert("public_url".into(), json!(deployment.public_url.as_str().trim_end_matches('/')));
@@ -204,6 +245,9 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
                 "audience": deployment.jwt_audience,
             }),
         );
+        if !deployment.session_cookie_prefixes.is_empty() {
+            object.insert("session_cookie_prefixes".into(), json!(deployment.session_cookie_prefixes));
+        }
         if let Some(ttl) = deployment.session_cache_ttl {
             object.insert("session_cache".into(), json!({ "ttl_ms": ttl.as_millis() as u64 }));
         }
@@ -230,6 +274,7 @@ pub fn plan(deployment: &Deployment) -> anyhow::Result<Plan> {
         upstream_ca_file: deployment.upstream_ca_file.clone(),
         limits: deployment.limits,
         filter,
+        vm_environment,
     })
 }
 
@@ -255,7 +300,39 @@ mod tests {
         let plan = plan(&deployment()).unwrap();
         assert_eq!(plan.cluster_names(), ["app"]);
         assert_eq!(plan.routes, [Route::to("/", "app")]);
-        assert_eq!(plan.filter_configuration(), r#"{"signing_key":"PEM"}"#);
+        assert_eq!(plan.filter_configuration(), r#"{"signing_key_env":"ORY_PROXY_SIGNING_KEY"}"#);
+    }
+
+    #[test]
+    fn the_key_travels_in_the_vms_environment_unless_inlined() {
+        let plan_env = plan(&deployment()).unwrap();
+        assert_eq!(plan_env.vm_environment, [("ORY_PROXY_SIGNING_KEY".to_string(), "PEM".to_string())]);
+        assert!(!plan_env.filter_configuration().contains("PEM"), "the configuration holds no key");
+        assert_eq!(plan_env.signing_key(), Some("PEM"));
+
+        let mut inline = deployment();
+        inline.inline_signing_key = true;
+        let plan_inline = plan(&inline).unwrap();
+        assert!(plan_inline.vm_environment.is_empty());
+        assert_eq!(plan_inline.filter_configuration(), r#"{"signing_key":"PEM"}"#);
+        assert_eq!(plan_inline.signing_key(), Some("PEM"));
+    }
+
+    #[test]
+    fn whoami_limits_are_written_only_when_set() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("http://127.0.0.1:4433").unwrap());
+        let plain = plan(&deployment).unwrap();
+        assert_eq!(plain.filter["ory"].get("max_concurrent_whoami"), None);
+        assert_eq!(plain.filter["ory"].get("open_path_wait_ms"), None);
+        assert_eq!(plain.filter.get("session_cookie_prefixes"), None);
+        deployment.max_concurrent_whoami = Some(4);
+        deployment.open_path_wait = Some(Duration::from_millis(150));
+        deployment.session_cookie_prefixes = vec!["sid".into()];
+        let set = plan(&deployment).unwrap();
+        assert_eq!(set.filter["ory"]["max_concurrent_whoami"], 4);
+        assert_eq!(set.filter["ory"]["open_path_wait_ms"], 150);
+        assert_eq!(set.filter["session_cookie_prefixes"], json!(["sid"]));
     }
 
     #[test]

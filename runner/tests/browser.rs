@@ -136,12 +136,15 @@ async fn chromium_logs_in_and_out_through_envoy() {
         .output()
         .unwrap();
     assert!(made.status.success(), "envoy-config: {}", String::from_utf8_lossy(&made.stderr));
+    // The key is not in the bootstrap: Envoy gets it in its environment, from the key file
+    // envoy-config used (the one kept in $ORY_PROXY_HOME), as the bootstrap's header says.
+    let key = std::fs::read_to_string(home.join(".config/ory-proxy").join(ory_proxy::state::SIGNING_KEY_FILE)).unwrap();
     let envoy = RunningEnvoy::start(EnvoyStart {
         bootstrap: std::fs::read_to_string(&config).unwrap(),
         admin_port,
         listen: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
         concurrency: 2,
-        env: Vec::new(),
+        env: vec![(ory_proxy::plan::SIGNING_KEY_ENV.to_string(), key)],
     })
     .await
     .unwrap_or_else(|error| panic!("{error:#}"));

@@ -417,3 +417,38 @@ fn only_the_demo_key_is_labelled_as_a_demo() {
     validate(&yaml).unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The Wasm filter's `vm_config` straight from the YAML.
+fn vm_config(yaml: &str) -> serde_json::Value {
+    let tree: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+    tree["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+        ["typed_config"]["config"]["vm_config"]
+        .clone()
+}
+
+#[test]
+fn the_signing_key_is_named_not_written_unless_inlined() {
+    let key = std::fs::read_to_string(demo_key()).unwrap();
+    let key_body = key.lines().nth(1).expect("a PEM body line");
+    for flags in CASES {
+        let yaml = envoy_yaml(flags);
+        assert!(!yaml.contains(key_body) && !yaml.contains("PRIVATE KEY"), "{flags:?}: the key is in the bootstrap");
+        // Envoy passes the variable from its own environment: named in host_env_keys, its value
+        // nowhere (key_values would show in /config_dump).
+        let environment = &vm_config(&yaml)["environment_variables"];
+        assert_eq!(environment, &serde_json::json!({ "host_env_keys": ["ORY_PROXY_SIGNING_KEY"] }), "{flags:?}");
+        let (_, _, configuration) = typed(&validate(&yaml).unwrap());
+        let configuration: serde_json::Value = serde_json::from_str(&configuration).unwrap();
+        assert_eq!(configuration["signing_key_env"], "ORY_PROXY_SIGNING_KEY");
+        assert!(configuration.get("signing_key").is_none());
+        assert!(yaml.contains("ORY_PROXY_SIGNING_KEY=\"$(cat <key file>)\" envoy -c"), "the header says how to start");
+    }
+
+    let mut inline = DEMO_FLAGS.to_vec();
+    inline.push("--inline-signing-key");
+    let yaml = envoy_yaml(&inline);
+    validate(&yaml).unwrap();
+    assert!(yaml.contains(key_body), "--inline-signing-key writes the key");
+    assert!(vm_config(&yaml).get("environment_variables").is_none());
+    assert!(yaml.contains("keep this file as secret as the"), "and says to keep the file secret");
+}

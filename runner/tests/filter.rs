@@ -9,13 +9,15 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ory_proxy::host::harness::{Harness, Recorded};
-use ory_proxy::host::{Exchange, HeaderList, HttpCallResponse, Out, StreamInfo};
+use ory_proxy::host::{Exchange, HeaderList, HostEnv, HttpCallResponse, Out, PluginSpec, StreamInfo};
 use p256::ecdsa::signature::Verifier as _;
 use serde_json::{Value, json};
 
 const BROWSER: (&str, &str) = ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8");
 const API: (&str, &str) = ("accept", "application/json");
 const COOKIE: (&str, &str) = ("cookie", "ory_kratos_session=abc123; theme=dark");
+/// What of [`COOKIE`] Ory is sent: the session cookie only.
+const SESSION_COOKIE: &str = "ory_kratos_session=abc123";
 const ORY: &str = "http://127.0.0.1:4433";
 
 fn wasm() -> &'static [u8] {
@@ -293,7 +295,7 @@ fn an_active_session_reaches_the_app_with_a_verifiable_jwt() {
     let calls = h.take_http_calls();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
-    assert_eq!(call.headers.get_str("cookie"), Some("ory_kratos_session=abc123; theme=dark"));
+    assert_eq!(call.headers.get_str("cookie"), Some(SESSION_COOKIE), "the session cookie, not the others");
     assert_eq!(call.headers.get_str("authorization"), Some("Bearer client-token"));
     assert_eq!(call.headers.get_str("x-request-id"), Some("rid-1"));
     assert_eq!(call.timeout, Duration::from_millis(5000));
@@ -506,7 +508,7 @@ fn concurrent_requests_with_one_session_share_one_whoami_call() {
     let other = get(&mut h, "/members", &[BROWSER, ("cookie", "ory_kratos_session=someone-else")]);
     let calls = h.take_http_calls();
     assert_eq!(calls.len(), 2, "one call per distinct session: {calls:?}");
-    let mine = calls.iter().find(|call| call.headers.get_str("cookie") == Some(COOKIE.1)).unwrap().token;
+    let mine = calls.iter().find(|call| call.headers.get_str("cookie") == Some(SESSION_COOKIE)).unwrap().token;
     let theirs = calls.iter().find(|call| call.token != mine).unwrap().token;
     for id in &ids {
         assert!(h.recorded(*id).upstream_headers.is_none(), "waiting for Ory");
@@ -539,7 +541,7 @@ fn a_waiter_that_goes_away_does_not_break_the_others() {
 #[test]
 fn when_the_caller_goes_away_the_root_asks_again_for_the_others() {
     let mut h = harness();
-    assert_eq!(h.tick_period(), Some(Duration::from_secs(1)));
+    assert_eq!(h.tick_period(), Some(Duration::from_millis(75)), "a quarter of the open-path wait");
     let caller = get(&mut h, "/members", &[COOKIE]);
     let waiter = get(&mut h, "/members", &[COOKIE]);
     let old = whoami_call(&mut h);
@@ -1349,4 +1351,176 @@ fn the_access_log_learns_whether_a_session_was_found() {
     answer_401(&mut h, token);
     let annotations = h.finish(id).expect("finished").annotations;
     assert_eq!(annotations, [("session".to_string(), "none".to_string())]);
+}
+
+/// Ory is asked only about what it could know: its session cookies, `X-Session-Token`, a bearer
+/// token. Everything else costs no whoami call, on any path.
+#[test]
+fn requests_without_anything_ory_knows_cost_no_whoami_call() {
+    let mut h = harness();
+    for (i, extra) in [
+        ("cookie", "_ga=GA1.2.3; theme=dark"),
+        ("cookie", "csrf_token_0123=abc; ory_kratos_continuity=x"),
+        ("authorization", "Basic dXNlcjpwYXNz"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let open = get(&mut h, &format!("/public/{i}"), &[extra]);
+        assert!(reached_app(h.recorded(open)), "{extra:?}");
+        let protected = get(&mut h, "/members", &[API, extra]);
+        assert_eq!(h.recorded(protected).status(), Some(401), "{extra:?}");
+        assert!(h.take_http_calls().is_empty(), "{extra:?} cost a whoami call");
+    }
+    // Each of Ory's own does, and Ory gets only the credentials, not the other cookies.
+    for extra in [
+        ("cookie", "_ga=1; ory_session_playfulpike=s1; theme=dark"),
+        ("x-session-token", "st"),
+        ("authorization", "Bearer session-token"),
+    ] {
+        get(&mut h, "/public", &[extra]);
+        let calls = h.take_http_calls();
+        assert_eq!(calls.len(), 1, "{extra:?}");
+        let cookie = calls[0].headers.get_str("cookie");
+        assert!(cookie.is_none_or(|cookie| cookie == "ory_session_playfulpike=s1"), "{cookie:?}");
+    }
+}
+
+/// An open path waits only so long for Ory; the answer, when it comes, still fills the cache.
+/// A protected path waits for the answer.
+#[test]
+fn an_open_path_goes_on_without_a_jwt_after_its_wait_and_the_answer_still_counts() {
+    let mut h = harness_with(json!({ "ory": { "url": ORY, "open_path_wait_ms": 200 } }));
+    assert_eq!(h.tick_period(), Some(Duration::from_millis(50)));
+    let open = get(&mut h, "/public", &[COOKIE]);
+    let protected = get(&mut h, "/members", &[COOKIE]);
+    let token = whoami_call(&mut h);
+    h.env().clock.advance(Duration::from_millis(150));
+    h.tick().expect("tick");
+    assert!(h.recorded(open).upstream_headers.is_none(), "still within its wait");
+    h.env().clock.advance(Duration::from_millis(60));
+    h.tick().expect("tick");
+    assert!(reached_app(h.recorded(open)), "past its wait the open path goes on");
+    assert_eq!(h.recorded(open).upstream_header("authorization"), None, "without a JWT");
+    assert!(h.recorded(protected).upstream_headers.is_none(), "a protected path waits for the answer");
+
+    // The call was not abandoned: its answer lets the protected request in and fills the cache.
+    answer_active(&mut h, token);
+    assert!(reached_app(h.recorded(protected)));
+    let jwt = bearer(h.recorded(protected));
+    let annotations = h.finish(open).expect("finished").annotations;
+    assert_eq!(annotations, [("session".to_string(), "ory-unavailable".to_string())]);
+    let next = get(&mut h, "/public", &[COOKIE]);
+    assert!(h.take_http_calls().is_empty(), "served from the cache");
+    assert_eq!(bearer(h.recorded(next)), jwt);
+}
+
+/// The request that made the call stopped waiting and then finished: nobody is left to get the
+/// answer, so the call is over and the next request asks afresh.
+#[test]
+fn a_released_caller_that_finishes_frees_its_call() {
+    let mut h = harness_with(json!({ "ory": { "url": ORY, "max_concurrent_whoami": 1 } }));
+    let open = get(&mut h, "/public", &[COOKIE]);
+    let _token = whoami_call(&mut h);
+    h.env().clock.advance(Duration::from_millis(400));
+    h.tick().expect("tick");
+    assert!(reached_app(h.recorded(open)));
+    // While it lives, its call still counts against the bound of one.
+    let other = get(&mut h, "/public", &[("cookie", "ory_kratos_session=other")]);
+    assert!(h.take_http_calls().is_empty(), "the bound is reached");
+    assert!(reached_app(h.recorded(other)));
+    h.respond(open, 200, &[], b"page").unwrap();
+    h.finish(open).expect("finished");
+    let again = get(&mut h, "/public", &[("cookie", "ory_kratos_session=other")]);
+    let token = whoami_call(&mut h);
+    answer_active(&mut h, token);
+    assert!(bearer(h.recorded(again)).contains('.'));
+}
+
+/// At most `max_concurrent_whoami` calls per VM: beyond, protected paths fail closed (as when Ory
+/// cannot be asked) and open ones go on without a JWT; joining a call already out is free.
+#[test]
+fn whoami_calls_in_flight_are_bounded_per_vm() {
+    let mut h = harness_with(json!({ "ory": { "url": ORY, "max_concurrent_whoami": 2 } }));
+    let cookie = |i: usize| ("cookie".to_string(), format!("ory_kratos_session=flood-{i}"));
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let (name, value) = cookie(i);
+        ids.push(get(&mut h, "/members", &[API, (&name, &value)]));
+    }
+    let tokens: Vec<u32> = h.take_http_calls().iter().map(|call| call.token).collect();
+    assert_eq!(tokens.len(), 2);
+    for i in 2..20 {
+        let (name, value) = cookie(i);
+        let api = get(&mut h, "/members", &[API, (&name, &value)]);
+        let r = h.recorded(api);
+        assert_eq!(r.status(), Some(502), "over the bound a protected path fails closed");
+        assert_eq!(body_json(r)["error"]["code"], 502);
+        let open = get(&mut h, "/public", &[(&name, &value)]);
+        assert!(reached_app(h.recorded(open)), "over the bound an open path goes on");
+        assert_eq!(h.recorded(open).upstream_header("authorization"), None);
+    }
+    assert!(h.take_http_calls().is_empty(), "no call beyond the bound");
+    // The same credentials as a call already out join it.
+    let (name, value) = cookie(0);
+    let joined = get(&mut h, "/members", &[API, (&name, &value)]);
+    assert!(h.take_http_calls().is_empty());
+    answer_active(&mut h, tokens[0]);
+    assert!(reached_app(h.recorded(ids[0])) && reached_app(h.recorded(joined)));
+    // With one call answered there is room for one more.
+    let (name, value) = cookie(99);
+    get(&mut h, "/members", &[API, (&name, &value)]);
+    assert_eq!(h.take_http_calls().len(), 1);
+    // Other VMs have bounds of their own.
+    let mut second = h.worker(1).expect("a second VM");
+    let (name, value) = cookie(100);
+    get(&mut second, "/members", &[API, (&name, &value)]);
+    assert_eq!(second.take_http_calls().len(), 1);
+}
+
+fn harness_with_environment(config: Value, environment: &[(&str, &str)]) -> anyhow::Result<Harness> {
+    let spec = PluginSpec {
+        name: "test".into(),
+        vm_id: "test".into(),
+        configuration: serde_json::to_vec(&config).unwrap(),
+        environment: environment.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        clusters: vec!["ory".into()],
+        ..PluginSpec::default()
+    };
+    Harness::new(wasm(), spec, HostEnv::new())
+}
+
+/// The key may come from the VM's environment (Envoy's `vm_config.environment_variables`), read
+/// through WASI: the configuration then names the variable and holds no key.
+#[test]
+fn the_signing_key_may_come_from_the_vms_environment() {
+    let mut config: Value = serde_json::from_slice(&config(json!({}))).unwrap();
+    let object = config.as_object_mut().unwrap();
+    object.remove("signing_key");
+    object.insert("signing_key_env".into(), json!("ORY_PROXY_SIGNING_KEY"));
+    let environment = [("LANG", "C.UTF-8"), ("ORY_PROXY_SIGNING_KEY", key_pem()), ("EMPTY", "")];
+    let mut h = harness_with_environment(config.clone(), &environment).expect("the filter starts");
+    let id = get(&mut h, "/members", &[COOKIE]);
+    let token = whoami_call(&mut h);
+    answer_active(&mut h, token);
+    let jwt = bearer(h.recorded(id));
+    verify(&mut h, &jwt);
+    // The same key as when the configuration carries it.
+    let mut inline = harness();
+    let jwks = |h: &mut Harness| {
+        let id = get(h, "/.ory/jwks.json", &[]);
+        h.recorded(id).response_body.clone()
+    };
+    assert_eq!(jwks(&mut h), jwks(&mut inline));
+
+    // Missing or malformed: the filter refuses to start, saying which variable and why, and
+    // never what it holds.
+    let missing = harness_with_environment(config.clone(), &[("LANG", "C")]).err().expect("refused");
+    let missing = format!("{missing:#}");
+    assert!(missing.contains("signing_key_env") && missing.contains("ORY_PROXY_SIGNING_KEY is not set"), "{missing}");
+    let broken = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END PRIVATE KEY-----\n";
+    let malformed = harness_with_environment(config, &[("ORY_PROXY_SIGNING_KEY", broken)]).err().expect("refused");
+    let malformed = format!("{malformed:#}");
+    assert!(malformed.contains("ORY_PROXY_SIGNING_KEY does not hold a key"), "{malformed}");
+    assert!(!malformed.contains("bm90IGEga2V5"), "{malformed}");
 }

@@ -633,8 +633,9 @@ pub(crate) fn link(linker: &mut Linker<VmState>) -> anyhow::Result<()> {
     link_wasi(linker)
 }
 
-/// The WASI functions a Rust std filter imports. Filters have no files, arguments or
-/// environment; what they print becomes log lines.
+/// The WASI functions a Rust std filter imports. Filters have no files or arguments; their
+/// environment is the plugin's `environment` (Envoy's `vm_config.environment_variables`); what
+/// they print becomes log lines.
 fn link_wasi(linker: &mut Linker<VmState>) -> anyhow::Result<()> {
     linker.func_wrap(WASI, "fd_write", |mut caller: Ctx<'_>, fd: i32, iovs: u32, count: u32, written_out: u32| {
         if fd != 1 && fd != 2 {
@@ -656,16 +657,37 @@ fn link_wasi(linker: &mut Linker<VmState>) -> anyhow::Result<()> {
         }
         if write_u32(&mut caller, written_out, text.len() as u32) { ERRNO_SUCCESS } else { ERRNO_FAULT }
     })?;
-    for (sizes, values) in [("environ_sizes_get", "environ_get"), ("args_sizes_get", "args_get")] {
-        linker.func_wrap(WASI, sizes, |mut caller: Ctx<'_>, count_out: u32, size_out: u32| {
-            if write_u32(&mut caller, count_out, 0) && write_u32(&mut caller, size_out, 0) {
-                ERRNO_SUCCESS
-            } else {
-                ERRNO_FAULT
+    linker.func_wrap(WASI, "environ_sizes_get", |mut caller: Ctx<'_>, count_out: u32, size_out: u32| {
+        let entries = environ(caller.data());
+        let size: usize = entries.iter().map(Vec::len).sum();
+        let (Ok(count), Ok(size)) = (u32::try_from(entries.len()), u32::try_from(size)) else { return ERRNO_INVAL };
+        if write_u32(&mut caller, count_out, count) && write_u32(&mut caller, size_out, size) {
+            ERRNO_SUCCESS
+        } else {
+            ERRNO_FAULT
+        }
+    })?;
+    linker.func_wrap(WASI, "environ_get", |mut caller: Ctx<'_>, pointers: u32, buffer: u32| {
+        // `KEY=VALUE\0` strings packed into `buffer`, and a pointer to each in `pointers`, in the
+        // sizes environ_sizes_get announced.
+        let mut at = buffer;
+        for (index, entry) in environ(caller.data()).iter().enumerate() {
+            let slot = pointers.wrapping_add(4 * index as u32);
+            if !write_u32(&mut caller, slot, at) || !write(&mut caller, at, entry) {
+                return ERRNO_FAULT;
             }
-        })?;
-        linker.func_wrap(WASI, values, |_: Ctx<'_>, _: u32, _: u32| ERRNO_SUCCESS)?;
-    }
+            at = at.wrapping_add(entry.len() as u32);
+        }
+        ERRNO_SUCCESS
+    })?;
+    linker.func_wrap(WASI, "args_sizes_get", |mut caller: Ctx<'_>, count_out: u32, size_out: u32| {
+        if write_u32(&mut caller, count_out, 0) && write_u32(&mut caller, size_out, 0) {
+            ERRNO_SUCCESS
+        } else {
+            ERRNO_FAULT
+        }
+    })?;
+    linker.func_wrap(WASI, "args_get", |_: Ctx<'_>, _: u32, _: u32| ERRNO_SUCCESS)?;
     linker.func_wrap(WASI, "proc_exit", |_: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
         Err(format_err!("the filter called proc_exit({code})"))
     })?;
@@ -687,6 +709,23 @@ fn link_wasi(linker: &mut Linker<VmState>) -> anyhow::Result<()> {
     // A filter has no preopened directories: this ends libc's scan for them.
     linker.func_wrap(WASI, "fd_prestat_get", |_: Ctx<'_>, _: i32, _: u32| ERRNO_BADF)?;
     Ok(())
+}
+
+/// The VM's environment as WASI hands it over: `KEY=VALUE` followed by a NUL, one per variable.
+fn environ(state: &VmState) -> Vec<Vec<u8>> {
+    state
+        .spec
+        .environment
+        .iter()
+        .map(|(key, value)| {
+            let mut entry = Vec::with_capacity(key.len() + value.len() + 2);
+            entry.extend_from_slice(key.as_bytes());
+            entry.push(b'=');
+            entry.extend_from_slice(value.as_bytes());
+            entry.push(0);
+            entry
+        })
+        .collect()
 }
 
 /// Links a WASI function this host does not implement: it answers ENOSYS, or traps with a clear

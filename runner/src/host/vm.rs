@@ -25,6 +25,9 @@ pub struct PluginSpec {
     pub configuration: Vec<u8>,
     /// Handed to `on_vm_start`.
     pub vm_configuration: Vec<u8>,
+    /// The environment variables every VM sees through WASI `environ_get`, as Envoy's
+    /// `vm_config.environment_variables` gives them (the host's own environment is never passed).
+    pub environment: Vec<(String, String)>,
     /// Cluster names `proxy_http_call` may use; any other is refused with BAD_ARGUMENT.
     pub clusters: Vec<String>,
     /// The most a single callback may run before it is interrupted (needs [`Plugin::start_deadline_ticker`]).

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use ory_proxy::envoy::{EnvoyOptions, bootstrap_yaml};
 use ory_proxy::local;
-use ory_proxy::plan::{self, Deployment};
+use ory_proxy::plan::{self, Deployment, Plan};
 use ory_proxy::proxy::ProxyHandle;
 use ory_proxy_tests::envoy::{EnvoyStart, RunningEnvoy};
 
@@ -93,24 +93,39 @@ impl Proxy {
     /// Runs `deployment` with `filter`, in `host`.
     pub async fn start_filter(host: Host, deployment: &Deployment, filter: Filter) -> Proxy {
         let plan = plan::plan(deployment).expect("a valid deployment");
+        Proxy::try_start_plan(host, &plan, filter, &plan.vm_environment)
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// Runs `plan` with `filter`, its VMs seeing `environment` instead of the plan's own: the
+    /// runner hands it to its VMs, Envoy is started with it in its process environment (and
+    /// passes on what the bootstrap's `host_env_keys` names, as in production).
+    pub async fn try_start_plan(
+        host: Host,
+        plan: &Plan,
+        filter: Filter,
+        environment: &[(String, String)],
+    ) -> anyhow::Result<Proxy> {
         match host {
             Host::Runner => {
-                let handle = local::start(&plan, &filter.bytes()).await.unwrap().spawn().unwrap();
-                Proxy { host, addr: handle.addr, running: Running::Runner(handle) }
+                let plan = Plan { vm_environment: environment.to_vec(), ..plan.clone() };
+                let handle = local::start(&plan, &filter.bytes()).await?.spawn()?;
+                Ok(Proxy { host, addr: handle.addr, running: Running::Runner(handle) })
             }
             Host::Envoy => {
                 let admin_port = free_port();
                 let options =
                     EnvoyOptions { module_path: filter.path().display().to_string(), admin_port: Some(admin_port) };
                 let start = EnvoyStart {
-                    bootstrap: bootstrap_yaml(&plan, &options),
+                    bootstrap: bootstrap_yaml(plan, &options),
                     admin_port,
                     listen: plan.listen,
                     concurrency: ENVOY_WORKERS,
-                    env: Vec::new(),
+                    env: environment.to_vec(),
                 };
-                let envoy = RunningEnvoy::start(start).await.unwrap_or_else(|error| panic!("{error:#}"));
-                Proxy { host, addr: plan.listen, running: Running::Envoy(envoy) }
+                let envoy = RunningEnvoy::start(start).await?;
+                Ok(Proxy { host, addr: plan.listen, running: Running::Envoy(envoy) })
             }
         }
     }
