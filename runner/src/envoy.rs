@@ -183,6 +183,11 @@ fn listener(plan: &Plan, options: &EnvoyOptions) -> Node {
         ("request_headers_timeout", duration(plan.limits.request_headers_timeout)),
         ("common_http_protocol_options", map([("idle_timeout", duration(plan.limits.idle_timeout))])),
         ("max_request_headers_kb", ((plan.limits.max_request_headers_bytes / 1024) as u64).into()),
+        // A stream with no bytes either way for `--upstream-timeout` is reset. The router's idle
+        // timeout covers a silent upstream; this covers what the router does not see, such as a
+        // filter that failed mid-body (Envoy 1.40 then leaves the stream hanging) or a silent
+        // WebSocket.
+        ("stream_idle_timeout", duration(plan.limits.upstream_timeout)),
         ("route_config", route_config(&plan.routes, &plan.limits)),
         ("http_filters", Node::List(vec![wasm_filter(plan, options), router_filter()])),
     ]);

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::host::{HostEnv, Plugin, PluginSpec};
 use crate::plan::{FILTER_NAME, Plan};
-use crate::proxy::{Clusters, FilterPool, PoolOptions, Proxy, ServeOptions};
+use crate::proxy::{Clusters, FilterPool, Limits, PoolOptions, Proxy, ServeOptions};
 
 /// The filter built with this binary.
 pub const EMBEDDED_FILTER: &[u8] = include_bytes!(env!("ORY_PROXY_FILTER_WASM_PATH"));
@@ -48,7 +48,8 @@ pub async fn start_with_tls(plan: &Plan, wasm: &[u8], tls: Option<Arc<rustls::Se
     let plugin = load_filter(plan, wasm)?;
     let clusters = Clusters::new(plan.clusters.clone(), plan.upstream_ca_file.as_deref())?;
     let pool = FilterPool::start(plugin, clusters, PoolOptions::default()).context("starting the filter")?;
-    let options = ServeOptions { listen: plan.listen, limits: plan.limits, tls, ..ServeOptions::default() };
+    let limits = Limits { max_connections: fit_descriptor_limit(plan.limits.max_connections), ..plan.limits };
+    let options = ServeOptions { listen: plan.listen, limits, tls, ..ServeOptions::default() };
     Proxy::bind(pool, plan.routes.clone(), options).await
 }
 
@@ -68,4 +69,44 @@ pub async fn unreachable_clusters(plan: &Plan) -> Vec<(String, String)> {
         problem.map(|why| (format!("{} ({})", cluster.name, cluster.url.as_str().trim_end_matches('/')), why))
     });
     futures_util::future::join_all(checks).await.into_iter().flatten().collect()
+}
+
+/// Descriptors kept free for everything but client connections (the listener, logs, the
+/// module, trust stores).
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft limit on open files to the hard one, as far as `max_connections` needs (a
+/// client connection and, for one in four, an upstream one: upstream connections are pooled),
+/// and returns how many connections fit. With
+/// the limit reached, accepting fails and new clients wait in the backlog instead of being
+/// refused; keeping the connection cap below it avoids that.
+#[cfg(unix)]
+fn fit_descriptor_limit(max_connections: usize) -> usize {
+    let wanted = (max_connections as u64).saturating_mul(5) / 4 + SPARE_DESCRIPTORS;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return max_connections;
+    }
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted.min(limit.rlim_max), rlim_max: limit.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        }
+    }
+    let fits = usize::try_from(limit.rlim_cur.saturating_sub(SPARE_DESCRIPTORS) * 4 / 5).unwrap_or(usize::MAX);
+    if fits < max_connections {
+        tracing::warn!(
+            "the open-file limit ({}) allows {fits} connections, not --max-connections {max_connections}: \
+             serving at most {fits} (raise it with `ulimit -n`)",
+            limit.rlim_cur
+        );
+        return fits.max(1);
+    }
+    max_connections
+}
+
+#[cfg(not(unix))]
+fn fit_descriptor_limit(max_connections: usize) -> usize {
+    max_connections
 }

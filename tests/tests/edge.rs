@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::host::{Host, Proxy};
+use common::host::{Filter, Host, Proxy};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ory_proxy::plan::Deployment;
@@ -461,5 +461,39 @@ both_hosts! {
         proxy.stop().await;
         app.shutdown().await;
         standin.shutdown().await;
+    }
+
+    async fn a_filter_failing_mid_body_cuts_the_response_short(host: Host) {
+        // The app sends its head and a first chunk, then the rest a moment later; the filter
+        // traps on the body.
+        let app = RawApp::start(|_| {
+            Answer::BytesThenHold(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec())
+        })
+        .await;
+        let mut deployment = common::host::deployment(&format!("http://{}", app.addr));
+        // Envoy leaves such a stream hanging until its stream idle timeout, which the bootstrap
+        // sets to this.
+        deployment.limits.upstream_timeout = Duration::from_secs(2);
+        let proxy = Proxy::start_filter(host, &deployment, Filter::Test("faulty")).await;
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET /panic-in-body HTTP/1.1\r\nhost: {}\r\n\r\n", proxy.addr);
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (raw, ended) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert_eq!(ended, Ended::Closed, "{text}");
+        // Either nothing was sent yet (a 503) or what was sent ends without the last chunk.
+        match status_of(&raw) {
+            Some(503) => {}
+            Some(200) => assert!(!text.ends_with("0\r\n\r\n"), "{text:?}"),
+            other => panic!("{other:?}: {text}"),
+        }
+        // The proxy goes on serving.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let request = format!("GET /fine HTTP/1.1\r\nhost: {}\r\n\r\n", proxy.addr);
+        client.write_all(request.as_bytes()).await.unwrap();
+        let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut client)).await.unwrap().unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        proxy.stop().await;
     }
 }

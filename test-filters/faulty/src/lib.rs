@@ -81,3 +81,13 @@ pub extern "C" fn proxy_on_request_headers(_context: u32, _headers: usize, _end:
         _ => 0,
     }
 }
+
+/// Traps on `/panic-in-body` once the response has started: the client must see the response
+/// cut short, not a clean end.
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_on_response_body(_context: u32, _size: usize, _end: u32) -> u32 {
+    if request_path() == "/panic-in-body" {
+        panic!("boom in the body on purpose");
+    }
+    0
+}
