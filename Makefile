@@ -5,7 +5,7 @@ WASM_TARGET = wasm32-wasip1
 FILTER_WASM = target/$(WASM_TARGET)/wasm/ory_proxy_filter.wasm
 PORT       ?= 4000
 
-.PHONY: all setup setup-browser setup-envoy build filter test demo demo-envoy run envoy-config lint fmt clean
+.PHONY: all setup setup-browser setup-envoy build filter test soak demo demo-envoy run envoy-config lint fmt clean
 
 all: build
 
@@ -64,6 +64,13 @@ filter: setup
 test: setup setup-browser setup-envoy
 	$(CARGO) test --locked --workspace --exclude test-filter-headers --exclude test-filter-bodies \
 		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import
+
+## soak: the runner and Envoy under load for a minute each (256 clients, open and protected
+## pages), reporting answers, errors and resident memory every 5 s; fails when a request did.
+## Not part of make test. SOAK_ARGS="--seconds 300 --connections 512 --host runner" to change it.
+SOAK_ARGS ?=
+soak: setup setup-envoy
+	$(CARGO) bench --locked -p ory-proxy --bench soak -- $(SOAK_ARGS)
 
 ## demo: the Ory stand-in, the demo app and ory-proxy together; Ctrl-C stops all three.
 demo: setup
