@@ -1,6 +1,7 @@
 //! ory-proxy's runner: a native proxy-wasm host that runs the ory-proxy filter as a local proxy.
 //!
-//! - [`host`] is a generic proxy-wasm ABI v0.2.1 host on wasmtime; it knows nothing about Ory.
+//! - the host, a generic proxy-wasm ABI v0.2.1 host on wasmtime that knows nothing about Ory,
+//!   is its own crate, [`proxy_wasm_host`] (`host/`).
 //! - [`proxy`] is the HTTP side: hyper server and client, routes and clusters in Envoy's terms.
 //! - [`plan`] turns what the user asked for into a deployment: filter configuration, clusters,
 //!   routes; [`cli`] reads the command line into it; [`local`] starts it; [`envoy`] prints it
@@ -10,7 +11,6 @@
 
 pub mod cli;
 pub mod envoy;
-pub mod host;
 pub mod local;
 pub mod ory_url;
 pub mod plan;

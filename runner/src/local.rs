@@ -5,16 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::host::{HostEnv, Plugin, PluginSpec};
 use crate::plan::{FILTER_NAME, Plan};
 use crate::proxy::{Clusters, FilterPool, Limits, PoolOptions, Proxy, ServeOptions};
+use proxy_wasm_host::{HostEnv, Plugin, PluginSpec};
 
 /// The filter built with this binary.
 pub const EMBEDDED_FILTER: &[u8] = include_bytes!(env!("ORY_PROXY_FILTER_WASM_PATH"));
-
-/// Where the build put the host's own test filters (for tests only).
-#[doc(hidden)]
-pub const TEST_FILTERS_DIR: &str = env!("ORY_PROXY_TEST_FILTERS_DIR");
 
 /// The most one filter callback may run before the host interrupts it.
 const CALLBACK_DEADLINE: Duration = Duration::from_secs(2);

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ory_proxy::host::harness::{Harness, Recorded};
-use ory_proxy::host::{Exchange, HeaderList, HostEnv, HttpCallResponse, Out, PluginSpec, StreamInfo};
 use p256::ecdsa::signature::Verifier as _;
+use proxy_wasm_host::harness::{Harness, Recorded};
+use proxy_wasm_host::{Exchange, HeaderList, HostEnv, HttpCallResponse, Out, PluginSpec, StreamInfo};
 use serde_json::{Value, json};
 
 const BROWSER: (&str, &str) = ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8");

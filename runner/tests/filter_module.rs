@@ -167,7 +167,7 @@ fn the_check_itself_refuses_what_envoy_lacks() {
     assert!(!envoy_provides("wasi_snapshot_preview1", "poll_oneoff"));
     assert!(!envoy_provides("env", "getrandom"));
     // Our own host's test filter that imports an unknown function is caught.
-    let path = std::path::Path::new(ory_proxy::local::TEST_FILTERS_DIR).join("test_filter_unknown_import.wasm");
+    let path = ory_proxy_tests::test_filter("unknown-import");
     let wasm = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let surface = surface(&wasm);
     assert!(surface.imports.iter().any(|(module, name)| !envoy_provides(module, name)), "{:?}", surface.imports);

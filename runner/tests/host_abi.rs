@@ -2,20 +2,19 @@
 //! driven request by request through the harness: header maps, bodies, local replies, HTTP calls,
 //! shared data and queues, timers, logs, metrics, and filters that misbehave.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ory_proxy::host::harness::{Harness, Recorded};
-use ory_proxy::host::{HeaderList, HostEnv, HttpCallResponse, Plugin, PluginSpec, VmError};
+use proxy_wasm_host::harness::{Harness, Recorded};
+use proxy_wasm_host::{HeaderList, HostEnv, HttpCallResponse, Plugin, PluginSpec, VmError};
 
-const HEADERS: &str = "test_filter_headers";
-const BODIES: &str = "test_filter_bodies";
-const CALLOUTS: &str = "test_filter_callouts";
-const FAULTY: &str = "test_filter_faulty";
-const UNKNOWN_IMPORT: &str = "test_filter_unknown_import";
+const HEADERS: &str = "headers";
+const BODIES: &str = "bodies";
+const CALLOUTS: &str = "callouts";
+const FAULTY: &str = "faulty";
+const UNKNOWN_IMPORT: &str = "unknown-import";
 
 fn module(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("ORY_PROXY_TEST_FILTERS_DIR")).join(format!("{name}.wasm"));
+    let path = ory_proxy_tests::test_filter(name);
     std::fs::read(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
 }
 

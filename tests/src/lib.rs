@@ -10,6 +10,13 @@
 
 pub mod demo_app;
 pub mod envoy;
+
+/// The host's test filters (`test-filters/`), built for wasm32-wasip1 by this crate's build
+/// script.
+pub fn test_filter(name: &str) -> std::path::PathBuf {
+    let file = format!("test_filter_{}.wasm", name.replace('-', "_"));
+    std::path::Path::new(env!("ORY_PROXY_TEST_FILTERS_DIR")).join(file)
+}
 pub mod http;
 pub mod standin;
 pub mod util;

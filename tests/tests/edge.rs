@@ -329,6 +329,16 @@ both_hosts! {
             let (raw, _) = read_until_closed(&mut client, Duration::from_secs(3)).await;
             assert_eq!(status_of(&raw), Some(expected), "{what}: {}", String::from_utf8_lossy(&raw));
         }
+        // CONNECT over HTTP/2 (prior knowledge) is no tunnel either.
+        let stream = world.connect().await;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(connection);
+        let connect = http::Request::connect("127.0.0.1:22").body(Empty::<Bytes>::new()).unwrap();
+        // Refused with a client error, or with a stream reset.
+        if let Ok(response) = sender.send_request(connect).await {
+            assert!(response.status().is_client_error(), "h2 CONNECT: {}", response.status());
+        }
         assert!(world.app.heard().is_empty(), "{:?}", world.app.heard());
         // A plain-HTTP request keeps its scheme, whatever host it names.
         let mut client = world.connect().await;

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::Cluster;
-use crate::host::{HeaderList, HttpCallRequest, HttpCallResponse};
+use proxy_wasm_host::{HeaderList, HttpCallRequest, HttpCallResponse};
 
 /// A body as the proxy passes it on. It can fail: a body cut short upstream (or by the filter)
 /// must reach the other side as an error — a connection closed without the last chunk, a reset

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::client::{Body, BodyCut, Destination, UpstreamError, fill_header_map, full, header_list_from};
 use super::pool::{FilterPool, Lease, Signal};
 use super::{Route, rewrite_path, route_for};
-use crate::host::{Exchange, HeaderList, Out, Step, StreamInfo};
+use proxy_wasm_host::{Exchange, HeaderList, Out, Step, StreamInfo};
 
 /// What the driver knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -385,7 +385,7 @@ impl Driver {
     /// Runs one step of the exchange and carries out what it says.
     async fn step(
         &mut self,
-        step: impl FnOnce(&mut Exchange, &mut crate::host::Vm) -> Result<Step, crate::host::VmError>,
+        step: impl FnOnce(&mut Exchange, &mut proxy_wasm_host::Vm) -> Result<Step, proxy_wasm_host::VmError>,
     ) {
         let Some(exchange) = self.exchange.as_mut() else { return };
         let result = self.shared.pool.run(&self.lease, |vm| step(exchange, vm));

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::client::Clusters;
-use crate::host::{Effect, Exchange, Plugin, Step, StreamInfo, Vm, VmError};
+use proxy_wasm_host::{Effect, Exchange, Plugin, Step, StreamInfo, Vm, VmError};
 
 /// How many VMs, and how much a paused filter may make the host buffer.
 #[derive(Debug, Clone)]

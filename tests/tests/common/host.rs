@@ -53,9 +53,7 @@ impl Filter {
                     })
                     .clone()
             }
-            Filter::Test(name) => {
-                PathBuf::from(format!("{}/test_filter_{}.wasm", local::TEST_FILTERS_DIR, name.replace('-', "_")))
-            }
+            Filter::Test(name) => ory_proxy_tests::test_filter(name),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use sha2::Digest as _;
 use wasmtime::error::Context as _;
 use wasmtime::{
     Config, Engine, ExternType, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
@@ -75,14 +76,27 @@ pub struct Plugin {
 struct Compiled {
     engine: Engine,
     pre: InstancePre<VmState>,
-    /// Whether a thread already advances this engine's epoch (one is enough; two would halve
-    /// every deadline).
-    ticking: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Modules compiled in this process, by their bytes: compiling costs seconds, and tests start
-/// many proxies from the same filter.
-static COMPILED: std::sync::Mutex<Vec<(Vec<u8>, Compiled)>> = std::sync::Mutex::new(Vec::new());
+/// The process's one engine (its configuration never varies), made at first use.
+fn engine() -> anyhow::Result<Engine> {
+    static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+    if let Some(engine) = ENGINE.get() {
+        return Ok(engine.clone());
+    }
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config).context("creating the wasm engine")?;
+    Ok(ENGINE.get_or_init(|| engine).clone())
+}
+
+/// Whether a thread already advances the engine's epoch (one is enough; two would halve every
+/// deadline).
+static TICKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Modules compiled in this process, by the SHA-256 of their bytes: compiling costs seconds,
+/// and one process may start several proxies from the same filter.
+static COMPILED: std::sync::Mutex<Vec<([u8; 32], Compiled)>> = std::sync::Mutex::new(Vec::new());
 
 impl Plugin {
     /// Compiles and links a module (once per process for the same bytes). Fails with a clear
@@ -90,12 +104,13 @@ impl Plugin {
     /// this host does not provide.
     pub fn load(wasm: &[u8], spec: PluginSpec, env: Arc<HostEnv>) -> anyhow::Result<Plugin> {
         // Held while compiling, so that concurrent loads of one module compile it once.
+        let digest: [u8; 32] = sha2::Sha256::digest(wasm).into();
         let mut cache = COMPILED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let compiled = match cache.iter().find(|(bytes, _)| bytes == wasm) {
+        let compiled = match cache.iter().find(|(known, _)| *known == digest) {
             Some((_, compiled)) => compiled.clone(),
             None => {
                 let compiled = Compiled::new(wasm)?;
-                cache.push((wasm.to_vec(), compiled.clone()));
+                cache.push((digest, compiled.clone()));
                 compiled
             }
         };
@@ -105,9 +120,7 @@ impl Plugin {
 
 impl Compiled {
     fn new(wasm: &[u8]) -> anyhow::Result<Compiled> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).context("creating the wasm engine")?;
+        let engine = engine()?;
         let module = Module::new(&engine, wasm).context("the filter is not a valid WebAssembly module")?;
 
         let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
@@ -141,7 +154,7 @@ impl Compiled {
             bail!("the filter imports {}, which this proxy-wasm ABI v0.2.1 host does not provide", missing.join(", "));
         }
         let pre = linker.instantiate_pre(&module).context("linking the filter")?;
-        Ok(Compiled { engine, pre, ticking: Arc::default() })
+        Ok(Compiled { engine, pre })
     }
 }
 
@@ -157,7 +170,7 @@ impl Plugin {
     /// Lets `callback_deadline` interrupt runaway callbacks: a background thread advances the
     /// engine's epoch. Without it, callbacks are never interrupted.
     pub fn start_deadline_ticker(&self) {
-        if self.compiled.ticking.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if TICKING.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         let engine = self.compiled.engine.clone();

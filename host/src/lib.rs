@@ -9,6 +9,7 @@
 mod abi;
 mod env;
 pub mod exchange;
+#[cfg(feature = "harness")]
 pub mod harness;
 mod types;
 mod vm;
