@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use common::app::{RecordingApp, ory_deployment};
 use common::host::{Host, Proxy};
 use http::StatusCode;
 use ory_proxy::plan::Deployment;
-use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, response, spawn_server};
+use ory_proxy_tests::http::HttpClient;
 use ory_proxy_tests::standin::{DEMO_EMAIL, RunningStandin, Standin, StandinConfig};
 use serde_json::{Value, json};
 
@@ -31,12 +30,9 @@ const SPOOFED: &[(&str, &str)] = &[
     ("x-remote-user", "admin"),
 ];
 
-type Seen = Arc<Mutex<Vec<(String, http::HeaderMap)>>>;
-
 struct World {
     standin: RunningStandin,
-    app: ServerHandle,
-    seen: Seen,
+    app: RecordingApp,
     proxy: Proxy,
     client: HttpClient,
 }
@@ -44,22 +40,11 @@ struct World {
 impl World {
     async fn start(host: Host, adjust: impl FnOnce(&mut Deployment)) -> World {
         let standin = Standin::start(StandinConfig::default()).await.unwrap();
-        let seen: Seen = Arc::default();
-        let record = seen.clone();
-        let app = spawn_server(bind_loopback(0).await.unwrap(), move |request, _| {
-            let record = record.clone();
-            async move {
-                record.lock().unwrap().push((request.uri().to_string(), request.headers().clone()));
-                Ok(response(StatusCode::OK, "text/plain", format!("app page {}", request.uri())))
-            }
-        })
-        .unwrap();
-        let mut deployment = common::host::deployment(&format!("http://{}", app.local_addr()));
-        deployment.ory_url = Some(url::Url::parse(&standin.url()).unwrap());
-        deployment.protection.prefixes.push("/members".into());
+        let app = RecordingApp::start().await;
+        let mut deployment = ory_deployment(app.addr(), &standin.url());
         adjust(&mut deployment);
         let proxy = Proxy::start(host, &deployment).await;
-        World { standin, app, seen, proxy, client: HttpClient::new() }
+        World { standin, app, proxy, client: HttpClient::new() }
     }
 
     fn url(&self, path: &str) -> String {
@@ -67,18 +52,18 @@ impl World {
     }
 
     fn app_paths(&self) -> Vec<String> {
-        self.seen.lock().unwrap().iter().map(|(path, _)| path.clone()).collect()
+        self.app.paths()
     }
 
     /// The headers of the app's last request, after asserting there was one more than `before`.
     fn last_headers(&self, before: usize) -> http::HeaderMap {
-        let seen = self.seen.lock().unwrap();
+        let seen = self.app.seen.lock().unwrap();
         assert_eq!(seen.len(), before + 1, "the app was reached once");
         seen.last().map(|(_, headers)| headers.clone()).unwrap_or_default()
     }
 
     fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.app.count()
     }
 
     async fn jwks(&self) -> Value {
@@ -87,7 +72,7 @@ impl World {
 
     async fn stop(self) {
         self.proxy.stop().await;
-        self.app.shutdown().await;
+        self.app.stop().await;
         self.standin.shutdown().await;
     }
 }

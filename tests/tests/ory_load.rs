@@ -5,24 +5,20 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::app::{RecordingApp, ory_deployment};
 use common::host::{Host, Proxy};
 use http::StatusCode;
 use ory_proxy::plan::Deployment;
-use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, response, spawn_server};
+use ory_proxy_tests::http::HttpClient;
 use ory_proxy_tests::standin::{DEMO_EMAIL, Fault, FaultRule, RunningStandin, Standin, StandinConfig};
 
 const JSON: (&str, &str) = ("accept", "application/json");
 
-/// What the app received: path and Authorization of every request.
-type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
-
 struct World {
     standin: RunningStandin,
-    app: ServerHandle,
-    seen: Seen,
+    app: RecordingApp,
     proxy: Proxy,
     client: HttpClient,
 }
@@ -34,28 +30,12 @@ impl World {
 
     async fn start_with(host: Host, standin: StandinConfig, adjust: impl FnOnce(&mut Deployment)) -> World {
         let standin = Standin::start(standin).await.unwrap();
-        let seen: Seen = Arc::default();
-        let record = seen.clone();
-        let app = spawn_server(bind_loopback(0).await.unwrap(), move |request, _| {
-            let record = record.clone();
-            async move {
-                let authorization =
-                    request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
-                record.lock().unwrap().push((request.uri().to_string(), authorization));
-                // A page that takes its time, so that its request outlives a slow whoami call.
-                if request.uri().path().starts_with("/slow") {
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
-                }
-                Ok(response(StatusCode::OK, "text/plain", format!("app page {}", request.uri())))
-            }
-        })
-        .unwrap();
-        let mut deployment = common::host::deployment(&format!("http://{}", app.local_addr()));
-        deployment.ory_url = Some(url::Url::parse(&standin.url()).unwrap());
-        deployment.protection.prefixes.push("/members".into());
+        // A page that takes its time, so that its request outlives a slow whoami call.
+        let app = RecordingApp::start_slow_under("/slow", Duration::from_millis(1500)).await;
+        let mut deployment = ory_deployment(app.addr(), &standin.url());
         adjust(&mut deployment);
         let proxy = Proxy::start(host, &deployment).await;
-        World { standin, app, seen, proxy, client: HttpClient::new() }
+        World { standin, app, proxy, client: HttpClient::new() }
     }
 
     fn url(&self, path: &str) -> String {
@@ -67,8 +47,12 @@ impl World {
         self.standin.add_fault_rule(FaultRule::new(Fault::Delay(ms)).on_path("/sessions/whoami"));
     }
 
+    /// What the app received: path and Authorization of every request.
     fn app_saw(&self) -> Vec<(String, Option<String>)> {
-        self.seen.lock().unwrap().clone()
+        let seen = self.app.seen.lock().unwrap();
+        let authorization =
+            |headers: &http::HeaderMap| headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
+        seen.iter().map(|(path, headers)| (path.clone(), authorization(headers))).collect()
     }
 
     /// GETs every `(path, cookie)` at once; the statuses, in order.
@@ -89,7 +73,7 @@ impl World {
 
     async fn stop(self) {
         self.proxy.stop().await;
-        self.app.shutdown().await;
+        self.app.stop().await;
         self.standin.shutdown().await;
     }
 }

@@ -4,26 +4,21 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
+use common::app::{RecordingApp, ory_deployment};
 use common::host::{Host, Proxy};
 use common::{Jar, browser_login, cookie_attributes};
 use http::StatusCode;
 use ory_proxy::plan::Deployment;
-use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, response, spawn_server};
+use ory_proxy_tests::http::HttpClient;
 use ory_proxy_tests::standin::{DEMO_EMAIL, DEMO_PASSWORD, Fault, RunningStandin, Standin, StandinConfig};
 use serde_json::Value;
 
 const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
 const JSON: (&str, &str) = ("accept", "application/json");
 
-/// What the app received: path and headers of every request.
-type Seen = Arc<Mutex<Vec<(String, http::HeaderMap)>>>;
-
 struct World {
     standin: RunningStandin,
-    app: ServerHandle,
-    seen: Seen,
+    app: RecordingApp,
     proxy: Proxy,
     client: HttpClient,
 }
@@ -35,22 +30,11 @@ impl World {
 
     async fn start_with(host: Host, adjust: impl FnOnce(&mut Deployment)) -> World {
         let standin = Standin::start(StandinConfig::default()).await.unwrap();
-        let seen: Seen = Arc::default();
-        let record = seen.clone();
-        let app = spawn_server(bind_loopback(0).await.unwrap(), move |request, _| {
-            let record = record.clone();
-            async move {
-                record.lock().unwrap().push((request.uri().to_string(), request.headers().clone()));
-                Ok(response(StatusCode::OK, "text/plain", format!("app page {}", request.uri())))
-            }
-        })
-        .unwrap();
-        let mut deployment = common::host::deployment(&format!("http://{}", app.local_addr()));
-        deployment.ory_url = Some(url::Url::parse(&standin.url()).unwrap());
-        deployment.protection.prefixes.push("/members".into());
+        let app = RecordingApp::start().await;
+        let mut deployment = ory_deployment(app.addr(), &standin.url());
         adjust(&mut deployment);
         let proxy = Proxy::start(host, &deployment).await;
-        World { standin, app, seen, proxy, client: HttpClient::new() }
+        World { standin, app, proxy, client: HttpClient::new() }
     }
 
     fn url(&self, path: &str) -> String {
@@ -58,17 +42,16 @@ impl World {
     }
 
     fn app_paths(&self) -> Vec<String> {
-        self.seen.lock().unwrap().iter().map(|(path, _)| path.clone()).collect()
+        self.app.paths()
     }
 
     fn last_app_header(&self, name: &str) -> Option<String> {
-        let seen = self.seen.lock().unwrap();
-        seen.last().and_then(|(_, headers)| headers.get(name)).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.app.last_header(name)
     }
 
     async fn stop(self) {
         self.proxy.stop().await;
-        self.app.shutdown().await;
+        self.app.stop().await;
         self.standin.shutdown().await;
     }
 
@@ -248,7 +231,7 @@ both_hosts! {
         }
         assert_eq!(world.standin.whoami_calls(), 1, "one whoami call: the answer is cached for every worker");
         let tokens: Vec<String> = {
-            let seen = world.seen.lock().unwrap();
+            let seen = world.app.seen.lock().unwrap();
             seen.iter().filter_map(|(_, h)| h.get("authorization")?.to_str().ok().map(str::to_string)).collect()
         };
         assert_eq!(tokens.len(), 20);

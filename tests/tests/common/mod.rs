@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod app;
 pub mod host;
 pub mod jwt;
 pub mod tls;
