@@ -176,7 +176,7 @@ mod glue {
                         Some(name) => format!(" (from the environment variable {name})"),
                         None => String::new(),
                     };
-                    log::info(&format!("configured: {mode}; signing key id {}{source}", config.signing_key.kid()));
+                    log::info!("configured: {mode}; signing key id {}{source}", config.signing_key.kid());
                     if let Some(ory) = &config.ory {
                         let _ = hostcalls::set_tick_period(load::tick_period(&ory.load));
                     }
@@ -184,7 +184,7 @@ mod glue {
                     true
                 }
                 Err(err) => {
-                    log::error(&err.to_string());
+                    log::error!("{err}");
                     false
                 }
             }
@@ -361,7 +361,7 @@ mod glue {
         fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
             let headers = read_map(MapType::HttpResponseHeaders);
             if let Some(refusal) = upgrade::refused_switch(self.flow.borrow().websocket, &headers) {
-                log::warn("refused a protocol switch nobody asked for");
+                log::warn!("refused a protocol switch nobody asked for");
                 return send_reply(&refusal);
             }
             let Some(ory) = self.config.ory.as_ref() else { return Action::Continue };
@@ -410,7 +410,7 @@ mod glue {
                 flow.content_encoding.as_deref(),
             ) && let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &rewritten)
             {
-                log::warn(&format!("could not replace the Ory response body: {status:?}"));
+                log::warn!("could not replace the Ory response body: {status:?}");
             }
             Action::Continue
         }
@@ -472,7 +472,7 @@ mod glue {
                     ory.load.max_concurrent_whoami
                 );
                 if protected {
-                    log::warn(&format!("not asking Ory about a protected request: {why}"));
+                    log::warn!("not asking Ory about a protected request: {why}");
                 }
                 return self.finish(ory, &SessionResult::Unavailable(why));
             }
@@ -507,7 +507,7 @@ mod glue {
                         flow.waiting_on = None;
                         flow.deadline_ms = None;
                     }
-                    log::warn(&why);
+                    log::warn!("{why}");
                     self.finish(ory, &SessionResult::Unavailable(why))
                 }
             }
@@ -605,7 +605,7 @@ mod glue {
                 SessionResult::Aal2Required { redirect_browser_to }
             }
             WhoamiOutcome::Unavailable(why) => {
-                log::warn(&format!("Ory could not be asked about a session: {why}"));
+                log::warn!("Ory could not be asked about a session: {why}");
                 SessionResult::Unavailable(why)
             }
         };
@@ -656,7 +656,7 @@ mod glue {
         if let SessionResult::Unavailable(why) | SessionResult::Failed(why) = result
             && !request.protected
         {
-            log::warn(&format!("session check failed, continuing without a JWT: {why}"));
+            log::warn!("session check failed, continuing without a JWT: {why}");
         }
         Some(decide::session_action(ory, request, result))
     }
@@ -670,7 +670,7 @@ mod glue {
 
     fn evict(ory: &OryConfig, hash: &CredsHash) {
         if cache::evict(&HostStore, &ory.cache, hash, now_ms()).is_err() {
-            log::warn("could not evict a logged-out session from the cache");
+            log::warn!("could not evict a logged-out session from the cache");
         }
     }
 
@@ -679,7 +679,7 @@ mod glue {
         let headers: Vec<(&str, &str)> = response.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let body = (!response.body.is_empty()).then_some(response.body.as_slice());
         if let Err(status) = hostcalls::send_http_response(response.status, headers, body) {
-            log::error(&format!("could not send a local response: {status:?}"));
+            log::error!("could not send a local response: {status:?}");
         }
         Action::Pause
     }
@@ -702,7 +702,7 @@ mod glue {
                 HeaderEdit::Add(name, value) => hostcalls::add_map_value(map, name, value),
             };
             if let Err(status) = result {
-                log::warn(&format!("header edit {edit:?} failed: {status:?}"));
+                log::warn!("header edit {edit:?} failed: {status:?}");
             }
         }
     }
@@ -732,23 +732,6 @@ mod glue {
                 Err(Status::CasMismatch) => Err(StoreError::CasMismatch),
                 Err(_) => Err(StoreError::Other),
             }
-        }
-    }
-
-    mod log {
-        use proxy_wasm::hostcalls;
-        use proxy_wasm::types::LogLevel;
-
-        pub fn info(message: &str) {
-            let _ = hostcalls::log(LogLevel::Info, message);
-        }
-
-        pub fn warn(message: &str) {
-            let _ = hostcalls::log(LogLevel::Warn, message);
-        }
-
-        pub fn error(message: &str) {
-            let _ = hostcalls::log(LogLevel::Error, message);
         }
     }
 }
