@@ -1,8 +1,8 @@
 //! What to do with one request and its response, decided from headers alone.
 //!
-//! `lib.rs` reads the header map once, hands it here, and carries out the plan: answer locally,
+//! `lib.rs` reads the header map once, hands it here, and carries out the decision: answer locally,
 //! or edit the headers and let the request go on (to Ory under `/.ory/`, to the app otherwise).
-//! The host routes on the `:path` the filter leaves, so the plan always writes the normalised
+//! The host routes on the `:path` the filter leaves, so the decision always writes the normalised
 //! path back. Each step is built from the pure modules beside this one.
 
 use url::Url;
@@ -35,9 +35,9 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
     headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
 }
 
-/// The plan for a request, made in the request-headers callback.
+/// The decision about a request, made in the request-headers callback.
 #[derive(Debug)]
-pub enum RequestPlan {
+pub enum RequestDecision {
     /// Answer with this response; the request goes nowhere.
     Reply(LocalResponse),
     /// A CORS preflight answered by the proxy (its headers must not be stripped on the way out).
@@ -80,7 +80,11 @@ pub fn cors_policy(config: &OryConfig, origin: &Origin) -> CorsPolicy {
 
 /// Decides what to do with a request. `client_address` is the peer (`ip:port`), for
 /// `X-Forwarded-For`.
-pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_address: Option<&str>) -> RequestPlan {
+pub fn decide_request(
+    config: &OryConfig,
+    headers: &[(String, String)],
+    client_address: Option<&str>,
+) -> RequestDecision {
     let origin = proxy_origin(
         header(headers, ":scheme"),
         header(headers, ":authority"),
@@ -91,12 +95,15 @@ pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_add
     // into one `:authority` with a comma, which no host name has.
     if header(headers, ":authority").is_some_and(|authority| authority.contains(',')) {
         let reason = "the request names more than one host";
-        return RequestPlan::Reply(json_reply(400, error_json(400, "Bad Request", reason, "The request was refused")));
+        return RequestDecision::Reply(json_reply(
+            400,
+            error_json(400, "Bad Request", reason, "The request was refused"),
+        ));
     }
     let raw_path = header(headers, ":path").unwrap_or_default();
     let target = match normalize(raw_path) {
         Ok(target) => target,
-        Err(err) => return RequestPlan::Reply(bad_request(&err.to_string())),
+        Err(err) => return RequestDecision::Reply(bad_request(&err.to_string())),
     };
     let method = header(headers, ":method").unwrap_or_default();
     let request_origin = header(headers, "origin");
@@ -107,7 +114,7 @@ pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_add
             header(headers, "access-control-request-method").unwrap_or_default(),
             header(headers, "access-control-request-headers"),
         );
-        return RequestPlan::Preflight(match answer {
+        return RequestDecision::Preflight(match answer {
             Some(headers) => LocalResponse { status: 204, headers, body: Vec::new() },
             None => LocalResponse { status: 403, headers: vec![("vary".into(), "Origin".into())], body: Vec::new() },
         });
@@ -123,7 +130,7 @@ pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_add
         }
         let routed_path = routed.split('?').next().unwrap_or_default();
         let logout = routed_path == LOGOUT_PATH || routed_path.starts_with(&format!("{LOGOUT_PATH}/"));
-        return RequestPlan::Ory(OryRequest { headers: out, origin, routed, logout });
+        return RequestDecision::Ory(OryRequest { headers: out, origin, routed, logout });
     }
 
     let scheme = match origin.scheme() {
@@ -144,7 +151,7 @@ pub fn plan_request(config: &OryConfig, headers: &[(String, String)], client_add
     });
     let protected = config.rules.protects(&target);
     let kind = client_kind(header(headers, "accept"), header(headers, "x-requested-with"));
-    RequestPlan::App(AppRequest { headers: out, origin, target, protected, kind })
+    RequestDecision::App(AppRequest { headers: out, origin, target, protected, kind })
 }
 
 /// What of an app request Ory could know its session by (read from the headers the app will get,
@@ -474,14 +481,18 @@ pub struct ResponseContext<'a> {
 
 /// The edited response headers, and whether the body must be buffered and rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponsePlan {
+pub struct ResponseDecision {
     pub headers: Headers,
     pub rewrite_body: bool,
 }
 
 /// Response headers for the browser: CORS by the proxy's policy, HSTS undone, and for Ory's
 /// answers `Location` and `Set-Cookie` moved onto the proxy's origin.
-pub fn plan_response(config: &OryConfig, ctx: &ResponseContext<'_>, headers: &[(String, String)]) -> ResponsePlan {
+pub fn decide_response(
+    config: &OryConfig,
+    ctx: &ResponseContext<'_>,
+    headers: &[(String, String)],
+) -> ResponseDecision {
     let mut out: Headers = headers.to_vec();
     if !ctx.preflight {
         strip_upstream_cors(&mut out);
@@ -514,7 +525,7 @@ pub fn plan_response(config: &OryConfig, ctx: &ResponseContext<'_>, headers: &[(
     for cookie in ctx.refresh_cookies {
         out.push(("set-cookie".into(), rewrite_set_cookie(cookie, config.cookie_domain.as_deref(), browser_https)));
     }
-    ResponsePlan { headers: out, rewrite_body }
+    ResponseDecision { headers: out, rewrite_body }
 }
 
 /// An Ory body with Ory's URL replaced by `<proxy origin>/.ory`; None to leave it as it is.
@@ -576,16 +587,16 @@ mod tests {
         headers
     }
 
-    fn app(plan: RequestPlan) -> AppRequest {
-        match plan {
-            RequestPlan::App(app) => app,
+    fn app(decision: RequestDecision) -> AppRequest {
+        match decision {
+            RequestDecision::App(app) => app,
             other => panic!("not an app request: {other:?}"),
         }
     }
 
     #[test]
     fn app_requests_are_normalised_sanitised_and_forwarded() {
-        let plan = plan_request(
+        let decision = decide_request(
             &config(),
             &request(
                 "/public/../members/%61?x=1",
@@ -597,7 +608,7 @@ mod tests {
             ),
             Some("10.1.2.3:5555"),
         );
-        let app = app(plan);
+        let app = app(decision);
         assert_eq!(get(&app.headers, ":path").as_deref(), Some("/members/a?x=1"));
         assert_eq!(get(&app.headers, "x-forwarded-host").as_deref(), Some("localhost:4000"));
         assert_eq!(get(&app.headers, "x-forwarded-proto").as_deref(), Some("http"));
@@ -609,7 +620,7 @@ mod tests {
 
     #[test]
     fn spoofed_host_gives_the_public_origin() {
-        let app = app(plan_request(
+        let app = app(decide_request(
             &config(),
             &request("/", &[])
                 .into_iter()
@@ -627,8 +638,8 @@ mod tests {
             .into_iter()
             .map(|(k, v)| if k == ":authority" { (k, "localhost:4000,evil.com".to_string()) } else { (k, v) })
             .collect();
-        match plan_request(&config(), &headers, None) {
-            RequestPlan::Reply(reply) => {
+        match decide_request(&config(), &headers, None) {
+            RequestDecision::Reply(reply) => {
                 assert_eq!(reply.status, 400);
                 assert!(String::from_utf8_lossy(&reply.body).contains("more than one host"));
             }
@@ -639,8 +650,8 @@ mod tests {
     #[test]
     fn refused_paths_get_400_json() {
         for path in ["/members%2Fx", "/a%00", "/public/..;/members", "*", "/%256dembers", "/x/%252e%252e/members"] {
-            match plan_request(&config(), &request(path, &[]), None) {
-                RequestPlan::Reply(reply) => {
+            match decide_request(&config(), &request(path, &[]), None) {
+                RequestDecision::Reply(reply) => {
                     assert_eq!(reply.status, 400, "{path}");
                     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
                     assert_eq!(body["error"]["code"], 400);
@@ -652,12 +663,12 @@ mod tests {
 
     #[test]
     fn ory_requests_get_the_rewrite_headers_and_keep_the_prefix() {
-        let plan = plan_request(
+        let decision = decide_request(
             &config(),
             &request("/.ory//self-service/login/browser?a=b", &[("ory-no-custom-domain-redirect", "false")]),
             None,
         );
-        let RequestPlan::Ory(ory) = plan else { panic!("{plan:?}") };
+        let RequestDecision::Ory(ory) = decision else { panic!("{decision:?}") };
         assert_eq!(get(&ory.headers, ":path").as_deref(), Some("/.ory/self-service/login/browser?a=b"));
         assert_eq!(ory.routed, "/self-service/login/browser?a=b");
         assert_eq!(get(&ory.headers, "ory-no-custom-domain-redirect").as_deref(), Some("true"));
@@ -678,20 +689,22 @@ mod tests {
             ("/.ory/self-service/logoutx", false),
             ("/.ory/self-service/login", false),
         ] {
-            let RequestPlan::Ory(ory) = plan_request(&config(), &request(path, &[]), None) else { panic!("{path}") };
+            let RequestDecision::Ory(ory) = decide_request(&config(), &request(path, &[]), None) else {
+                panic!("{path}")
+            };
             assert_eq!(ory.logout, logout, "{path}");
         }
     }
 
     #[test]
     fn ory_prefix_needs_a_segment_boundary() {
-        assert!(matches!(plan_request(&config(), &request("/.oryx/a", &[]), None), RequestPlan::App(_)));
+        assert!(matches!(decide_request(&config(), &request("/.oryx/a", &[]), None), RequestDecision::App(_)));
     }
 
     #[test]
     fn preflights_are_answered() {
         let config = config_with(json!({ "cors": { "allowed_origins": ["http://app.test:3000"] } }));
-        let ok = plan_request(
+        let ok = decide_request(
             &config,
             &h(&[
                 (":method", "OPTIONS"),
@@ -703,10 +716,10 @@ mod tests {
             ]),
             None,
         );
-        let RequestPlan::Preflight(reply) = ok else { panic!("{ok:?}") };
+        let RequestDecision::Preflight(reply) = ok else { panic!("{ok:?}") };
         assert_eq!(reply.status, 204);
         assert_eq!(get(&reply.headers, "access-control-allow-origin").as_deref(), Some("http://app.test:3000"));
-        let refused = plan_request(
+        let refused = decide_request(
             &config,
             &h(&[
                 (":method", "OPTIONS"),
@@ -718,7 +731,7 @@ mod tests {
             ]),
             None,
         );
-        let RequestPlan::Preflight(reply) = refused else { panic!("{refused:?}") };
+        let RequestDecision::Preflight(reply) = refused else { panic!("{refused:?}") };
         assert_eq!(reply.status, 403);
         assert!(get(&reply.headers, "access-control-allow-origin").is_none());
     }
@@ -898,30 +911,30 @@ mod tests {
             ("content-length", "10"),
             ("access-control-allow-origin", "*"),
         ]);
-        let plan = plan_response(&config(), &ctx(&origin, Some("/self-service/login/browser"), &[]), &headers);
-        assert_eq!(get(&plan.headers, "location").as_deref(), Some("http://localhost:4000/.ory/ui/login?flow=1"));
+        let decision = decide_response(&config(), &ctx(&origin, Some("/self-service/login/browser"), &[]), &headers);
+        assert_eq!(get(&decision.headers, "location").as_deref(), Some("http://localhost:4000/.ory/ui/login?flow=1"));
         let cookies: Vec<&str> =
-            plan.headers.iter().filter(|(k, _)| k == "set-cookie").map(|(_, v)| v.as_str()).collect();
+            decision.headers.iter().filter(|(k, _)| k == "set-cookie").map(|(_, v)| v.as_str()).collect();
         assert_eq!(cookies.len(), 2);
         assert!(
             !cookies[0].contains("Domain") && !cookies[0].contains("Secure") && cookies[0].contains("SameSite=Lax")
         );
         assert!(cookies[1].contains("Max-Age=60"));
-        assert!(plan.rewrite_body);
-        assert!(get(&plan.headers, "content-length").is_none());
-        assert!(get(&plan.headers, "access-control-allow-origin").is_none());
-        assert_eq!(get(&plan.headers, "strict-transport-security").as_deref(), Some("max-age=0"));
+        assert!(decision.rewrite_body);
+        assert!(get(&decision.headers, "content-length").is_none());
+        assert!(get(&decision.headers, "access-control-allow-origin").is_none());
+        assert_eq!(get(&decision.headers, "strict-transport-security").as_deref(), Some("max-age=0"));
     }
 
     #[test]
     fn welcome_goes_to_the_default_redirect() {
         let origin = Origin::from_public_url("http://127.0.0.1:4000").unwrap();
         let headers = h(&[(":status", "303"), ("location", "http://127.0.0.1:4433/ui/welcome")]);
-        let plan = plan_response(&config(), &ctx(&origin, Some("/self-service/login"), &[]), &headers);
-        assert_eq!(get(&plan.headers, "location").as_deref(), Some("http://127.0.0.1:4000/"));
+        let decision = decide_response(&config(), &ctx(&origin, Some("/self-service/login"), &[]), &headers);
+        assert_eq!(get(&decision.headers, "location").as_deref(), Some("http://127.0.0.1:4000/"));
         let configured = config_with(json!({ "default_redirect_url": "http://localhost:4000/home" }));
-        let plan = plan_response(&configured, &ctx(&origin, Some("/self-service/login"), &[]), &headers);
-        assert_eq!(get(&plan.headers, "location").as_deref(), Some("http://localhost:4000/home"));
+        let decision = decide_response(&configured, &ctx(&origin, Some("/self-service/login"), &[]), &headers);
+        assert_eq!(get(&decision.headers, "location").as_deref(), Some("http://localhost:4000/home"));
     }
 
     #[test]
@@ -936,13 +949,13 @@ mod tests {
         let cookies = vec!["ory_kratos_session=new; Path=/; Secure; HttpOnly".to_string()];
         let mut context = ctx(&origin, None, &cookies);
         context.request_origin = Some("http://localhost:4000");
-        let plan = plan_response(&config(), &context, &headers);
-        assert_eq!(get(&plan.headers, "location").as_deref(), Some("http://127.0.0.1:4433/x"));
-        assert_eq!(get(&plan.headers, "content-length").as_deref(), Some("5"));
-        assert!(!plan.rewrite_body);
-        assert_eq!(get(&plan.headers, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
-        assert_eq!(get(&plan.headers, "access-control-allow-credentials").as_deref(), Some("true"));
-        let cookie = get(&plan.headers, "set-cookie").unwrap();
+        let decision = decide_response(&config(), &context, &headers);
+        assert_eq!(get(&decision.headers, "location").as_deref(), Some("http://127.0.0.1:4433/x"));
+        assert_eq!(get(&decision.headers, "content-length").as_deref(), Some("5"));
+        assert!(!decision.rewrite_body);
+        assert_eq!(get(&decision.headers, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
+        assert_eq!(get(&decision.headers, "access-control-allow-credentials").as_deref(), Some("true"));
+        let cookie = get(&decision.headers, "set-cookie").unwrap();
         assert!(cookie.starts_with("ory_kratos_session=new") && !cookie.contains("Secure"), "{cookie}");
     }
 
@@ -953,12 +966,12 @@ mod tests {
             let headers = h(&[(":status", status), ("content-type", "text/html"), ("content-length", "5")]);
             let mut context = ctx(&origin, Some("/ui/login"), &[]);
             context.method = method;
-            let plan = plan_response(&config(), &context, &headers);
-            assert!(!plan.rewrite_body, "{method} {status}");
-            assert_eq!(get(&plan.headers, "content-length").as_deref(), Some("5"));
+            let decision = decide_response(&config(), &context, &headers);
+            assert!(!decision.rewrite_body, "{method} {status}");
+            assert_eq!(get(&decision.headers, "content-length").as_deref(), Some("5"));
         }
         let headers = h(&[(":status", "200"), ("content-type", "image/png")]);
-        assert!(!plan_response(&config(), &ctx(&origin, Some("/x"), &[]), &headers).rewrite_body);
+        assert!(!decide_response(&config(), &ctx(&origin, Some("/x"), &[]), &headers).rewrite_body);
     }
 
     #[test]
@@ -968,8 +981,8 @@ mod tests {
         let mut context = ctx(&origin, None, &[]);
         context.preflight = true;
         context.local = true;
-        let plan = plan_response(&config(), &context, &headers);
-        assert_eq!(get(&plan.headers, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
+        let decision = decide_response(&config(), &context, &headers);
+        assert_eq!(get(&decision.headers, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
     }
 
     #[test]
@@ -1000,13 +1013,13 @@ mod tests {
         for token in &forged {
             for path in ["/public", "/members"] {
                 let bearer = format!("Bearer {token}");
-                let forwarded = app(plan_request(&config, &request(path, &[("authorization", &bearer)]), None));
+                let forwarded = app(decide_request(&config, &request(path, &[("authorization", &bearer)]), None));
                 assert_eq!(get(&forwarded.headers, "authorization"), None, "{path}: {token}");
             }
         }
         // Every copy goes; other credentials stay.
         let bearer = format!("Bearer {}", forged[0]);
-        let forwarded = app(plan_request(
+        let forwarded = app(decide_request(
             &config,
             &request("/public", &[("authorization", &bearer), ("Authorization", "Bearer api-key-123")]),
             None,
@@ -1014,7 +1027,7 @@ mod tests {
         assert_eq!(forwarded.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).count(), 1);
         assert_eq!(get(&forwarded.headers, "authorization").as_deref(), Some("Bearer api-key-123"));
         let other = format!("Bearer {}", jwt(json!({ "alg": "RS256", "kid": "idp" }), json!({ "iss": "https://idp" })));
-        let forwarded = app(plan_request(&config, &request("/public", &[("authorization", &other)]), None));
+        let forwarded = app(decide_request(&config, &request("/public", &[("authorization", &other)]), None));
         assert_eq!(get(&forwarded.headers, "authorization"), Some(other));
     }
 
@@ -1026,13 +1039,13 @@ mod tests {
             ("remote-user", "admin"),
             ("x-auth-request-email", "admin@example.com"),
         ];
-        let forwarded = app(plan_request(&config(), &request("/public", &spoofed), None));
+        let forwarded = app(decide_request(&config(), &request("/public", &spoofed), None));
         for (name, _) in spoofed {
             assert_eq!(get(&forwarded.headers, name), None, "{name}");
         }
 
         let passing = config_with(json!({ "pass_client_headers": ["Remote-User"] }));
-        let forwarded = app(plan_request(&passing, &request("/public", &spoofed), None));
+        let forwarded = app(decide_request(&passing, &request("/public", &spoofed), None));
         assert_eq!(get(&forwarded.headers, "remote-user").as_deref(), Some("admin"));
         assert_eq!(get(&forwarded.headers, "x-original-url"), None);
     }
@@ -1040,17 +1053,20 @@ mod tests {
     #[test]
     fn ignore_case_protects_every_spelling() {
         let config = config_with(json!({ "protect": { "prefixes": ["/members"], "ignore_case": true } }));
-        assert!(app(plan_request(&config, &request("/MEMBERS", &[]), None)).protected);
-        assert!(app(plan_request(&config, &request("/Members/x", &[]), None)).protected);
-        assert!(!app(plan_request(&config, &request("/public", &[]), None)).protected);
-        assert!(!app(plan_request(&self::config(), &request("/MEMBERS", &[]), None)).protected, "sensitive by default");
+        assert!(app(decide_request(&config, &request("/MEMBERS", &[]), None)).protected);
+        assert!(app(decide_request(&config, &request("/Members/x", &[]), None)).protected);
+        assert!(!app(decide_request(&config, &request("/public", &[]), None)).protected);
+        assert!(
+            !app(decide_request(&self::config(), &request("/MEMBERS", &[]), None)).protected,
+            "sensitive by default"
+        );
     }
 
     #[test]
     fn only_what_ory_could_know_is_a_credential() {
         let config = config();
         let creds = |extra: &[(&str, &str)]| {
-            session_credentials(&config, &app(plan_request(&config, &request("/", extra), None)))
+            session_credentials(&config, &app(decide_request(&config, &request("/", extra), None)))
         };
         // Nothing Ory knows: no whoami call, whatever the cookies.
         assert!(creds(&[("cookie", "_ga=GA1.2.3; theme=dark; csrf_token_abc=x")]).is_empty());
@@ -1064,7 +1080,7 @@ mod tests {
         assert!(!creds(&[("x-session-token", "t")]).is_empty());
         assert!(!creds(&[("authorization", "Bearer some-session-token")]).is_empty());
         let custom = config_with(json!({ "session_cookie_prefixes": ["sid"] }));
-        let plan = plan_request(&custom, &request("/", &[("cookie", "sid=1; ory_kratos_session=s")]), None);
-        assert_eq!(session_credentials(&custom, &app(plan)).cookie.as_deref(), Some("sid=1"));
+        let decision = decide_request(&custom, &request("/", &[("cookie", "sid=1; ory_kratos_session=s")]), None);
+        assert_eq!(session_credentials(&custom, &app(decision)).cookie.as_deref(), Some("sid=1"));
     }
 }

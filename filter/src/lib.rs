@@ -41,7 +41,7 @@ mod glue {
     use crate::cache::{self, CacheLookup, CredsHash, InFlight, Joined, Negative, Positive, SharedStore, StoreError};
     use crate::config::{Config, OryConfig};
     use crate::decide::{
-        self, AppRequest, HeaderEdit, RequestPlan, ResponseContext, SessionAction, SessionResult, header,
+        self, AppRequest, HeaderEdit, RequestDecision, ResponseContext, SessionAction, SessionResult, header,
     };
     use crate::endpoints::{self, LocalResponse};
     use crate::load::{self, Admission};
@@ -325,19 +325,19 @@ mod glue {
                 .ok()
                 .flatten()
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-            match decide::plan_request(ory, &headers, client.as_deref()) {
-                RequestPlan::Reply(response) => {
+            match decide::decide_request(ory, &headers, client.as_deref()) {
+                RequestDecision::Reply(response) => {
                     self.flow.borrow_mut().local = true;
                     send_reply(&response)
                 }
-                RequestPlan::Preflight(response) => {
+                RequestDecision::Preflight(response) => {
                     let mut flow = self.flow.borrow_mut();
                     flow.local = true;
                     flow.preflight = true;
                     drop(flow);
                     send_reply(&response)
                 }
-                RequestPlan::Ory(request) => {
+                RequestDecision::Ory(request) => {
                     apply_edits(MapType::HttpRequestHeaders, &headers, &request.headers);
                     let mut flow = self.flow.borrow_mut();
                     flow.ory_routed = Some(request.routed);
@@ -351,7 +351,7 @@ mod glue {
                     }
                     Action::Continue
                 }
-                RequestPlan::App(request) => {
+                RequestDecision::App(request) => {
                     apply_edits(MapType::HttpRequestHeaders, &headers, &request.headers);
                     self.check_session(ory, request)
                 }
@@ -379,12 +379,12 @@ mod glue {
                 ory_routed: flow.ory_routed.as_deref(),
                 refresh_cookies: &flow.refresh_cookies,
             };
-            let plan = decide::plan_response(ory, &context, &headers);
-            apply_edits(MapType::HttpResponseHeaders, &headers, &plan.headers);
-            if plan.rewrite_body {
+            let decision = decide::decide_response(ory, &context, &headers);
+            apply_edits(MapType::HttpResponseHeaders, &headers, &decision.headers);
+            if decision.rewrite_body {
                 flow.rewrite_body = true;
-                flow.content_type = header(&plan.headers, "content-type").map(str::to_string);
-                flow.content_encoding = header(&plan.headers, "content-encoding").map(str::to_string);
+                flow.content_type = header(&decision.headers, "content-type").map(str::to_string);
+                flow.content_encoding = header(&decision.headers, "content-encoding").map(str::to_string);
             }
             Action::Continue
         }
@@ -685,7 +685,7 @@ mod glue {
     }
 
     /// A header map as text (values that are not UTF-8 are read lossily; they are written back
-    /// only if the plan changes them).
+    /// only if the decision changes them).
     fn read_map(map: MapType) -> Vec<(String, String)> {
         hostcalls::get_map_bytes(map)
             .unwrap_or_default()

@@ -11,7 +11,7 @@ use url::Url;
 
 use crate::plan::{Deployment, Protection};
 use crate::proxy::Limits;
-use crate::{ory_url, state};
+use crate::{home, ory_url};
 
 const ABOUT: &str = "Put your app and Ory on one origin, and hand your app a signed JWT of every session.";
 
@@ -404,8 +404,8 @@ impl LocalArgs {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| anyhow::anyhow!("--pass-client-header: {err}"))?;
         let (signing_key, _) = match &self.jwt_key {
-            Some(path) => state::read_signing_key(path)?,
-            None => state::kept_signing_key(&state::home()?)?,
+            Some(path) => home::read_signing_key(path)?,
+            None => home::kept_signing_key(&home::dir()?)?,
         };
         if self.open_path_wait.is_some_and(|wait| wait.as_millis() == 0) {
             bail!("--open-path-wait must be at least 1ms");
@@ -452,7 +452,7 @@ impl LocalArgs {
     pub fn signing_key_file(&self) -> anyhow::Result<PathBuf> {
         match &self.jwt_key {
             Some(path) => Ok(path.clone()),
-            None => Ok(state::home()?.join(state::SIGNING_KEY_FILE)),
+            None => Ok(home::dir()?.join(home::SIGNING_KEY_FILE)),
         }
     }
 }

@@ -11,10 +11,10 @@
 
 pub mod cli;
 pub mod envoy;
+pub mod home;
 pub mod local;
 pub mod ory_url;
 pub mod plan;
 pub mod proxy;
-pub mod state;
 pub mod tls;
 pub mod trust;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, LocalArgs};
-use ory_proxy::{local, plan, state, tls, trust};
+use ory_proxy::{home, local, plan, tls, trust};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -49,7 +49,7 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     };
     let ca = match args.no_https {
         true => None,
-        false => Some(tls::LocalCa::load_or_create(&state::home()?)?),
+        false => Some(tls::LocalCa::load_or_create(&home::dir()?)?),
     };
     let tls = match &ca {
         Some(ca) => Some(ca.server_config(&plan::proxy_names(&plan.listen, &plan.public_url))?),
@@ -71,7 +71,7 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         );
         if !args.dont_install_cert {
             // Runs certutil, sudo and the like: a moment at start-up, before anything is served.
-            print!("{}", trust::install(ca, &state::home()?, &trust::TrustEnv::from_system()));
+            print!("{}", trust::install(ca, &home::dir()?, &trust::TrustEnv::from_system()));
         }
     }
     println!("  Your app           {}", deployment.upstream);
@@ -112,7 +112,7 @@ async fn envoy_config(args: &EnvoyArgs) -> anyhow::Result<()> {
     let hint = ory_proxy::envoy::start_hint(&plan, &args.local.signing_key_file()?, args.output.as_deref());
     match &args.output {
         Some(path) => {
-            state::write_private(path, yaml.as_bytes())?;
+            home::write_private(path, yaml.as_bytes())?;
             match hint {
                 None => eprintln!("wrote {} (it holds the signing key: keep it secret)", path.display()),
                 Some(_) => eprintln!("wrote {}", path.display()),
@@ -137,7 +137,7 @@ fn open_browser(url: String) {
 }
 
 fn run_cert(command: CertCommand) -> anyhow::Result<()> {
-    let home = state::home()?;
+    let home = home::dir()?;
     match command {
         CertCommand::Path => {
             let ca = tls::LocalCa::load_or_create(&home)?;

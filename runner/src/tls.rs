@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
 
-use crate::state;
+use crate::home;
 
 /// The CA certificate (public: this is what trust stores get).
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -131,7 +131,7 @@ impl LocalCa {
         let cert = params.self_signed(&key).context("making the CA certificate")?;
         let cert_pem = cert.pem();
         // The key first: a certificate without its key would be a damaged CA.
-        state::write_private(&home.join(CA_KEY_FILE), key.serialize_pem().as_bytes())?;
+        home::write_private(&home.join(CA_KEY_FILE), key.serialize_pem().as_bytes())?;
         write_public(&home.join(CA_CERT_FILE), cert_pem.as_bytes())?;
         let cert_der = cert.der().clone();
         let issuer = Issuer::new(params, key);

@@ -138,7 +138,7 @@ async fn chromium_logs_in_and_out_through_envoy() {
     assert!(made.status.success(), "envoy-config: {}", String::from_utf8_lossy(&made.stderr));
     // The key is not in the bootstrap: Envoy gets it in its environment, from the key file
     // envoy-config used (the one kept in $ORY_PROXY_HOME), as the bootstrap's header says.
-    let key = std::fs::read_to_string(home.join(".config/ory-proxy").join(ory_proxy::state::SIGNING_KEY_FILE)).unwrap();
+    let key = std::fs::read_to_string(home.join(".config/ory-proxy").join(ory_proxy::home::SIGNING_KEY_FILE)).unwrap();
     let envoy = RunningEnvoy::start(EnvoyStart {
         bootstrap: std::fs::read_to_string(&config).unwrap(),
         admin_port,

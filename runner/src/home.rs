@@ -11,7 +11,7 @@ use ory_proxy_filter::token::SigningKey;
 pub const SIGNING_KEY_FILE: &str = "jwt-signing-key.pem";
 
 /// The state directory: `$ORY_PROXY_HOME`, else `<config dir>/ory-proxy`.
-pub fn home() -> anyhow::Result<PathBuf> {
+pub fn dir() -> anyhow::Result<PathBuf> {
     if let Some(home) = std::env::var_os("ORY_PROXY_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(home));
     }
