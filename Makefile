@@ -5,7 +5,7 @@ WASM_TARGET = wasm32-wasip1
 FILTER_WASM = target/$(WASM_TARGET)/wasm/ory_proxy_filter.wasm
 PORT       ?= 4000
 
-.PHONY: all setup setup-browser setup-envoy build filter test soak demo demo-envoy run envoy-config lint fmt clean
+.PHONY: all setup setup-browser setup-envoy build filter test fuzz soak demo demo-envoy run envoy-config lint fmt clean
 
 all: build
 
@@ -64,6 +64,13 @@ filter: setup
 test: setup setup-browser setup-envoy
 	$(CARGO) test --locked --workspace --exclude test-filter-headers --exclude test-filter-bodies \
 		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import
+
+## fuzz: the property tests (path normaliser, Location and cookie rewriting, body rewriting, the
+## filter configuration, the host's header-map codec) with many more cases than make test runs.
+## FUZZ_CASES=1000000 for longer.
+FUZZ_CASES ?= 100000
+fuzz: setup
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked --release -p ory-proxy-filter -p proxy-wasm-host --lib properties
 
 ## soak: the runner and Envoy under load for a minute each (256 clients, open and protected
 ## pages), reporting answers, errors and resident memory every 5 s; fails when a request did.

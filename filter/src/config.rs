@@ -858,3 +858,70 @@ mod tests {
         assert_ne!(a, c);
     }
 }
+
+/// Properties over arbitrary input (`make fuzz` runs many more cases: `PROPTEST_CASES`).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cases() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(256);
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    /// JSON values of any shape, a few levels deep, with the configuration's own keys likely.
+    fn json() -> impl Strategy<Value = serde_json::Value> {
+        let key = prop::sample::select(vec![
+            "signing_key",
+            "ory",
+            "url",
+            "cluster",
+            "public_url",
+            "protect",
+            "prefixes",
+            "jwt",
+            "ttl_ms",
+            "session_cache",
+            "cors",
+            "allowed_origins",
+            "proxy_names",
+            "x",
+        ]);
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(key.clone().prop_map(str::to_string), inner, 0..5)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        #[test]
+        fn arbitrary_bytes_are_refused_without_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(error) = Config::from_json(&bytes) {
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+
+        /// Any JSON is either a configuration or an error that says what is wrong.
+        #[test]
+        fn arbitrary_json_is_refused_with_a_reason(value in json()) {
+            let bytes = serde_json::to_vec(&value).unwrap();
+            if let Err(error) = Config::from_json(&bytes) {
+                prop_assert!(error.to_string().len() > 10, "{}", error);
+            }
+        }
+    }
+}

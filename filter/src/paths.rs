@@ -900,7 +900,8 @@ mod tests {
         }
 
         fn config() -> ProptestConfig {
-            ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() }
+            let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(1500);
+            ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
         }
 
         proptest! {

@@ -926,3 +926,114 @@ mod tests {
         assert_eq!(text(rewrite_body(body.as_bytes(), Some("text/plain"), None, ORY, REPL)), want);
     }
 }
+
+/// Properties over arbitrary input (`make fuzz` runs many more cases: `PROPTEST_CASES`).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn cases() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512);
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    const PROXY: &str = "http://localhost:4000";
+
+    /// Locations as Ory and attackers write them: on Ory, on the proxy, elsewhere, relative,
+    /// scheme-relative, with userinfo, ports, dot segments and escapes.
+    fn location() -> impl Strategy<Value = String> {
+        let origin = prop::sample::select(vec![
+            "https://ory.example",
+            "https://ory.example:443",
+            "http://ory.example",
+            "https://ory.example.evil",
+            "https://evil.example",
+            "//ory.example",
+            "//evil.example",
+            "http://localhost:4000",
+            "https://user@ory.example",
+            "",
+        ]);
+        (origin, "(/[a-z.%0-9@:]{0,8}){0,4}", prop::option::of("[a-z=&%]{0,8}")).prop_map(|(origin, path, query)| {
+            match query {
+                Some(query) => format!("{origin}{path}?{query}"),
+                None => format!("{origin}{path}"),
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        #[test]
+        fn location_rewriting_never_panics(raw in any::<String>(), request in any::<String>()) {
+            let ory = OryTarget::new("https://ory.example/kratos").unwrap();
+            let _ = rewrite_location_at(&raw, &request, &ory, PROXY, "/");
+        }
+
+        /// A rewritten location is on the proxy (or the default redirect): the rewrite never
+        /// sends a browser to a host it was not already going to.
+        #[test]
+        fn a_rewritten_location_stays_on_the_proxy(location in location()) {
+            let ory = OryTarget::new("https://ory.example").unwrap();
+            if let Some(rewritten) = rewrite_location(&location, &ory, PROXY, "http://localhost:4000/home") {
+                let url = Url::parse(&rewritten).unwrap();
+                prop_assert_eq!(url.origin(), Url::parse(PROXY).unwrap().origin(), "{} -> {}", location, rewritten);
+                // And once on the proxy, rewriting again changes nothing.
+                prop_assert_eq!(rewrite_location(&rewritten, &ory, PROXY, "http://localhost:4000/home"),
+                    (url.path() == "/.ory/ui/welcome").then(|| "http://localhost:4000/home".to_string()));
+            }
+        }
+
+        #[test]
+        fn cookie_rewriting_never_panics_and_keeps_name_and_value(raw in any::<String>(), https in any::<bool>()) {
+            let rewritten = rewrite_set_cookie(&raw, Some("example.test"), https);
+            if let Ok(original) = Cookie::parse(raw.as_str()) {
+                let again = Cookie::parse(rewritten.as_str()).expect("a rewritten cookie parses");
+                prop_assert_eq!(again.name(), original.name());
+                prop_assert_eq!(again.value(), original.value());
+                if !https {
+                    prop_assert_ne!(again.secure(), Some(true), "{}", rewritten);
+                }
+            }
+        }
+
+        /// Rewriting a cookie twice is rewriting it once.
+        #[test]
+        fn cookie_rewriting_is_idempotent(
+            name in "[a-zA-Z_][a-zA-Z0-9_-]{0,10}",
+            value in "[a-zA-Z0-9%]{0,12}",
+            attributes in prop::collection::vec(prop::sample::select(vec![
+                "Secure", "HttpOnly", "SameSite=None", "SameSite=Strict", "SameSite=Lax", "Path=/",
+                "Domain=ory.example", "Max-Age=60", "Partitioned", "Priority=High",
+            ]), 0..5),
+            https in any::<bool>(),
+        ) {
+            let raw = std::iter::once(format!("{name}={value}")).chain(attributes.iter().map(|a| a.to_string()))
+                .collect::<Vec<_>>().join("; ");
+            let once = rewrite_set_cookie(&raw, None, https);
+            prop_assert_eq!(rewrite_set_cookie(&once, None, https), once.clone(), "{}", raw);
+        }
+
+        #[test]
+        fn body_rewriting_never_panics(
+            body in prop::collection::vec(any::<u8>(), 0..512),
+            content_type in prop::sample::select(vec!["text/html", "application/json", "text/plain", "image/png"]),
+            encoding in prop::sample::select(vec![None, Some("gzip"), Some("br"), Some("identity"), Some("zstd")]),
+        ) {
+            let _ = rewrite_body(&body, Some(content_type), encoding, "https://ory.example", PROXY);
+        }
+
+        /// Without Ory's origin in it, an uncompressed body is sent as it is.
+        #[test]
+        fn a_body_without_ory_urls_is_unchanged(body in "[a-z<>/\"{}: .]{0,300}") {
+            let rewrite = rewrite_body(body.as_bytes(), Some("text/html"), None, "https://ory.example", PROXY);
+            match rewrite {
+                BodyRewrite::Unchanged(_) => {}
+                BodyRewrite::Replaced(bytes) => prop_assert_eq!(bytes, body.as_bytes().to_vec()),
+            }
+        }
+    }
+}

@@ -240,3 +240,43 @@ mod tests {
         assert_eq!(list, HeaderList::from_pairs([("a", "3"), ("b", "1")]));
     }
 }
+
+/// Properties of the header-map codec over arbitrary input (`make fuzz`: more `PROPTEST_CASES`).
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::HeaderList;
+
+    fn cases() -> ProptestConfig {
+        let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512);
+        ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    }
+
+    proptest! {
+        #![proptest_config(cases())]
+
+        /// What a filter hands over is what the host reads, pair for pair and in order.
+        #[test]
+        fn decoding_an_encoded_map_gives_it_back(
+            pairs in prop::collection::vec(("[a-z:][a-z0-9-]{0,12}", prop::collection::vec(any::<u8>(), 0..24)), 0..12),
+        ) {
+            let list = HeaderList(pairs);
+            prop_assert_eq!(HeaderList::decode(&list.encode()).map(|decoded| decoded.0), Some(list.0.clone()));
+        }
+
+        /// Bytes from a filter are untrusted: any of them decode or are refused, without a panic
+        /// and without allocating for a count the bytes cannot hold.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = HeaderList::decode(&bytes);
+        }
+
+        #[test]
+        fn a_huge_count_in_a_short_buffer_is_refused(count in 64u32.., tail in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = count.to_le_bytes().to_vec();
+            bytes.extend(tail);
+            prop_assert!(HeaderList::decode(&bytes).is_none());
+        }
+    }
+}
