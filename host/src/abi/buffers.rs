@@ -1,7 +1,8 @@
 //! Buffers: the stream's bodies, the HTTP call answer's body, and the configurations.
 
+use super::Ctx;
 use super::memory::{give, read};
-use super::{BAD_ARGUMENT, Ctx, NOT_FOUND, OK};
+use super::types::{BufferType, Status};
 use crate::vm::{Phase, VmState};
 
 pub(super) fn proxy_get_buffer_bytes(
@@ -12,7 +13,11 @@ pub(super) fn proxy_get_buffer_bytes(
     return_data: u32,
     return_size: u32,
 ) -> wasmtime::Result<u32> {
-    let Some(all) = buffer(caller.data(), buffer_type) else { return Ok(NOT_FOUND) };
+    // A buffer type the ABI does not define is one that does not exist: NOT_FOUND, not BAD_ARGUMENT.
+    let buffer_type = BufferType::try_from(buffer_type).ok();
+    let Some(all) = buffer_type.and_then(|buffer_type| buffer(caller.data(), buffer_type)) else {
+        return Ok(Status::NotFound.into());
+    };
     let start = (start as usize).min(all.len());
     let end = start.saturating_add(max_size as usize).min(all.len());
     let slice = all[start..end].to_vec();
@@ -28,27 +33,28 @@ pub(super) fn proxy_set_buffer_bytes(
     value_data: u32,
     value_size: u32,
 ) -> u32 {
-    let Some(data) = read(&mut caller, value_data, value_size) else { return BAD_ARGUMENT };
+    let Some(data) = read(&mut caller, value_data, value_size) else { return Status::BadArgument.into() };
     let state = caller.data_mut();
     let context = state.effective;
-    let Some(stream) = state.streams.get_mut(&context) else { return BAD_ARGUMENT };
-    match buffer_type {
-        0 => edit_body(&mut stream.request_body, start as usize, size as usize, &data),
-        1 => edit_body(&mut stream.response_body, start as usize, size as usize, &data),
-        _ => BAD_ARGUMENT,
-    }
+    let Some(stream) = state.streams.get_mut(&context) else { return Status::BadArgument.into() };
+    let body = match BufferType::try_from(buffer_type) {
+        Ok(BufferType::HttpRequestBody) => &mut stream.request_body,
+        Ok(BufferType::HttpResponseBody) => &mut stream.response_body,
+        _ => return Status::BadArgument.into(),
+    };
+    edit_body(body, start as usize, size as usize, &data)
 }
 
-/// Readable buffers by ABI number; `None` for one that does not exist now.
-fn buffer(state: &VmState, buffer_type: u32) -> Option<&[u8]> {
+/// The readable buffers; `None` for one that does not exist now.
+fn buffer(state: &VmState, buffer_type: BufferType) -> Option<&[u8]> {
     let stream = state.streams.get(&state.effective);
     match buffer_type {
-        0 => stream.map(|s| s.request_body.as_slice()),
-        1 => stream.map(|s| s.response_body.as_slice()),
-        4 => state.call_response.as_ref().map(|r| r.body.as_slice()),
+        BufferType::HttpRequestBody => stream.map(|s| s.request_body.as_slice()),
+        BufferType::HttpResponseBody => stream.map(|s| s.response_body.as_slice()),
+        BufferType::HttpCallResponseBody => state.call_response.as_ref().map(|r| r.body.as_slice()),
         // Configuration is readable only while the call it belongs to runs, as in Envoy.
-        6 if state.phase == Phase::VmStart => Some(&state.spec.vm_configuration),
-        7 if state.phase == Phase::Configure => Some(&state.spec.configuration),
+        BufferType::VmConfiguration if state.phase == Phase::VmStart => Some(&state.spec.vm_configuration),
+        BufferType::PluginConfiguration if state.phase == Phase::Configure => Some(&state.spec.configuration),
         _ => None,
     }
 }
@@ -64,9 +70,9 @@ fn edit_body(body: &mut Vec<u8>, start: usize, size: usize, data: &[u8]) -> u32 
     } else if start >= body.len() {
         body.extend_from_slice(data);
     } else {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     }
-    OK
+    Status::Ok.into()
 }
 
 #[cfg(test)]

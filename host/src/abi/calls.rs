@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use super::Ctx;
 use super::memory::{give, read, read_str, write_u32};
-use super::{BAD_ARGUMENT, Ctx, INTERNAL_FAILURE, NOT_FOUND, OK};
+use super::types::{GRPC_STATUS_UNKNOWN, Status};
 use crate::types::{Effect, HeaderList, HttpCallRequest};
 
 /// Only to the plugin's clusters, and only with `:method`, `:path` and `:authority`; the driver
@@ -27,23 +28,23 @@ pub(super) fn proxy_http_call(
     let body = read(&mut caller, body_data, body_size);
     let trailers = read(&mut caller, trailers_data, trailers_size).and_then(|bytes| HeaderList::decode(&bytes));
     let (Some(cluster), Some(headers), Some(body), Some(trailers)) = (cluster, headers, body, trailers) else {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     };
     let complete = [":method", ":path", ":authority"].iter().all(|name| headers.get(name).is_some());
     if !complete || !caller.data().spec.clusters.contains(&cluster) {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     }
     let state = caller.data_mut();
     let token = state.next_token;
     if !write_u32(&mut caller, return_call_id, token) {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     }
     let state = caller.data_mut();
     state.next_token = state.next_token.wrapping_add(1).max(1);
     state.calls.insert(token, state.effective);
     let timeout = Duration::from_millis(timeout_ms.into());
     state.effects.push(Effect::HttpCall(HttpCallRequest { token, cluster, headers, body, trailers, timeout }));
-    OK
+    Status::Ok.into()
 }
 
 // gRPC is not provided: calls fail the way SDKs expect a refused call to fail.
@@ -64,7 +65,7 @@ pub(super) fn proxy_grpc_call(
     _timeout_ms: u32,
     _return_call_id: u32,
 ) -> u32 {
-    INTERNAL_FAILURE
+    Status::InternalFailure.into()
 }
 
 #[expect(clippy::too_many_arguments, reason = "the ABI's signature")]
@@ -80,7 +81,7 @@ pub(super) fn proxy_grpc_stream(
     _metadata_size: u32,
     _return_stream_id: u32,
 ) -> u32 {
-    INTERNAL_FAILURE
+    Status::InternalFailure.into()
 }
 
 pub(super) fn proxy_grpc_send(
@@ -90,15 +91,15 @@ pub(super) fn proxy_grpc_send(
     _message_size: u32,
     _end_stream: u32,
 ) -> u32 {
-    NOT_FOUND
+    Status::NotFound.into()
 }
 
 pub(super) fn proxy_grpc_cancel(_: Ctx<'_>, _call_or_stream_id: u32) -> u32 {
-    NOT_FOUND
+    Status::NotFound.into()
 }
 
 pub(super) fn proxy_grpc_close(_: Ctx<'_>, _call_or_stream_id: u32) -> u32 {
-    NOT_FOUND
+    Status::NotFound.into()
 }
 
 pub(super) fn proxy_get_status(
@@ -108,8 +109,8 @@ pub(super) fn proxy_get_status(
     return_message_size: u32,
 ) -> wasmtime::Result<u32> {
     // Only meaningful after a gRPC callback, which never happens here: report gRPC UNKNOWN.
-    if !write_u32(&mut caller, return_status_code, 2) {
-        return Ok(BAD_ARGUMENT);
+    if !write_u32(&mut caller, return_status_code, GRPC_STATUS_UNKNOWN) {
+        return Ok(Status::BadArgument.into());
     }
     give(&mut caller, b"", return_message_data, return_message_size)
 }
@@ -123,10 +124,10 @@ pub(super) fn proxy_call_foreign_function(
     return_results_data: u32,
     return_results_size: u32,
 ) -> wasmtime::Result<u32> {
-    let Some(name) = read_str(&mut caller, name_data, name_size) else { return Ok(BAD_ARGUMENT) };
+    let Some(name) = read_str(&mut caller, name_data, name_size) else { return Ok(Status::BadArgument.into()) };
     match name.as_str() {
         // Routing happens after the request headers here, so there is no cache to clear.
         "clear_route_cache" => give(&mut caller, b"", return_results_data, return_results_size),
-        _ => Ok(NOT_FOUND),
+        _ => Ok(Status::NotFound.into()),
     }
 }

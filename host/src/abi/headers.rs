@@ -1,8 +1,9 @@
 //! HTTP fields: the stream's header and trailer maps and those of the HTTP call answer being
 //! delivered.
 
+use super::Ctx;
 use super::memory::{give, read, read_str};
-use super::{BAD_ARGUMENT, Ctx, NOT_FOUND, OK};
+use super::types::{MapType, Status};
 use crate::types::HeaderList;
 use crate::vm::VmState;
 
@@ -12,27 +13,28 @@ pub(super) fn proxy_get_header_map_pairs(
     return_data: u32,
     return_size: u32,
 ) -> wasmtime::Result<u32> {
+    let Ok(map_type) = MapType::try_from(map_type) else { return Ok(Status::BadArgument.into()) };
     let encoded = match header_map(caller.data_mut(), map_type) {
-        Err(status) => return Ok(status),
-        Ok(Some(map)) => map.encode(),
+        Some(map) => map.encode(),
         // An absent map reads as empty: the SDKs accept nothing but OK here.
-        Ok(None) => HeaderList::new().encode(),
+        None => HeaderList::new().encode(),
     };
     give(&mut caller, &encoded, return_data, return_size)
 }
 
 pub(super) fn proxy_set_header_map_pairs(mut caller: Ctx<'_>, map_type: u32, pairs_data: u32, pairs_size: u32) -> u32 {
     let Some(new) = read(&mut caller, pairs_data, pairs_size).and_then(|bytes| HeaderList::decode(&bytes)) else {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     };
+    let Ok(map_type) = MapType::try_from(map_type) else { return Status::BadArgument.into() };
     match header_map(caller.data_mut(), map_type) {
-        Ok(Some(map)) => {
+        Some(map) => {
             *map = HeaderList::from_pairs(new.0);
-            OK
+            Status::Ok
         }
-        Ok(None) => BAD_ARGUMENT,
-        Err(status) => status,
+        None => Status::BadArgument,
     }
+    .into()
 }
 
 pub(super) fn proxy_get_header_map_value(
@@ -43,14 +45,12 @@ pub(super) fn proxy_get_header_map_value(
     return_value_data: u32,
     return_value_size: u32,
 ) -> wasmtime::Result<u32> {
-    let Some(key) = read_str(&mut caller, key_data, key_size) else { return Ok(BAD_ARGUMENT) };
-    let value = match header_map(caller.data_mut(), map_type) {
-        Err(status) => return Ok(status),
-        Ok(map) => map.and_then(|map| map.get(&key).map(<[u8]>::to_vec)),
-    };
+    let Some(key) = read_str(&mut caller, key_data, key_size) else { return Ok(Status::BadArgument.into()) };
+    let Ok(map_type) = MapType::try_from(map_type) else { return Ok(Status::BadArgument.into()) };
+    let value = header_map(caller.data_mut(), map_type).and_then(|map| map.get(&key).map(<[u8]>::to_vec));
     match value {
         Some(value) => give(&mut caller, &value, return_value_data, return_value_size),
-        None => Ok(NOT_FOUND),
+        None => Ok(Status::NotFound.into()),
     }
 }
 
@@ -91,39 +91,38 @@ fn edit_map(
     value: Option<(u32, u32)>,
     edit: fn(&mut HeaderList, &str, &[u8]),
 ) -> u32 {
-    let Some(key) = read_str(caller, key.0, key.1) else { return BAD_ARGUMENT };
+    let Some(key) = read_str(caller, key.0, key.1) else { return Status::BadArgument.into() };
     let value = match value {
         Some((ptr, len)) => match read(caller, ptr, len) {
             Some(value) => value,
-            None => return BAD_ARGUMENT,
+            None => return Status::BadArgument.into(),
         },
         None => Vec::new(),
     };
+    let Ok(map_type) = MapType::try_from(map_type) else { return Status::BadArgument.into() };
     match header_map(caller.data_mut(), map_type) {
-        Ok(Some(map)) => {
+        Some(map) => {
             edit(map, &key, &value);
-            OK
+            Status::Ok
         }
-        Ok(None) => BAD_ARGUMENT,
-        Err(status) => status,
+        None => Status::BadArgument,
     }
+    .into()
 }
 
-/// Header maps by ABI number: 0-3 the stream's request/response headers and trailers, 6-7 the
-/// answer of the HTTP call being delivered. `Ok(None)`: a map that does not exist right now.
-fn header_map(state: &mut VmState, map_type: u32) -> Result<Option<&mut HeaderList>, u32> {
-    let context = state.effective;
-    Ok(match map_type {
-        0..=3 => state.streams.get_mut(&context).map(|stream| match map_type {
-            0 => &mut stream.request_headers,
-            1 => &mut stream.request_trailers,
-            2 => &mut stream.response_headers,
-            _ => &mut stream.response_trailers,
-        }),
-        6 => state.call_response.as_mut().map(|response| &mut response.headers),
-        7 => state.call_response.as_mut().map(|response| &mut response.trailers),
+/// The header maps: the stream's request/response headers and trailers, and the answer of the
+/// HTTP call being delivered. `None`: a map that does not exist right now.
+fn header_map(state: &mut VmState, map_type: MapType) -> Option<&mut HeaderList> {
+    let stream = state.streams.get_mut(&state.effective);
+    let call_response = state.call_response.as_mut();
+    match map_type {
+        MapType::HttpRequestHeaders => stream.map(|stream| &mut stream.request_headers),
+        MapType::HttpRequestTrailers => stream.map(|stream| &mut stream.request_trailers),
+        MapType::HttpResponseHeaders => stream.map(|stream| &mut stream.response_headers),
+        MapType::HttpResponseTrailers => stream.map(|stream| &mut stream.response_trailers),
+        MapType::HttpCallResponseHeaders => call_response.map(|response| &mut response.headers),
+        MapType::HttpCallResponseTrailers => call_response.map(|response| &mut response.trailers),
         // gRPC metadata: this host makes no gRPC calls, so there never is any.
-        4 | 5 => None,
-        _ => return Err(BAD_ARGUMENT),
-    })
+        MapType::GrpcReceiveInitialMetadata | MapType::GrpcReceiveTrailingMetadata => None,
+    }
 }

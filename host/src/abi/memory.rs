@@ -3,7 +3,8 @@
 
 use wasmtime::format_err;
 
-use super::{BAD_ARGUMENT, Ctx, INTERNAL_FAILURE, OK};
+use super::Ctx;
+use super::types::Status;
 
 fn memory(caller: &mut Ctx<'_>) -> Option<wasmtime::Memory> {
     caller.get_export("memory").and_then(|export| export.into_memory())
@@ -50,18 +51,24 @@ fn allocate(caller: &mut Ctx<'_>, size: u32) -> wasmtime::Result<u32> {
     func.typed::<u32, u32>(&*caller)?.call(&mut *caller, size)
 }
 
+/// The status of a call whose last step wrote its answer: BAD_ARGUMENT when the filter's return
+/// pointer is out of bounds.
+pub(super) fn status_of_write(ok: bool) -> u32 {
+    if ok { Status::Ok } else { Status::BadArgument }.into()
+}
+
 /// Hands `data` to the filter: allocate, copy, and store address and size at the return pointers.
 pub(super) fn give(caller: &mut Ctx<'_>, data: &[u8], ptr_out: u32, size_out: u32) -> wasmtime::Result<u32> {
     if data.is_empty() {
         let ok = write_u32(caller, ptr_out, 0) && write_u32(caller, size_out, 0);
-        return Ok(if ok { OK } else { BAD_ARGUMENT });
+        return Ok(status_of_write(ok));
     }
     let address = allocate(caller, data.len() as u32)?;
     if address == 0 {
-        return Ok(INTERNAL_FAILURE);
+        return Ok(Status::InternalFailure.into());
     }
     let ok = write(caller, address, data)
         && write_u32(caller, ptr_out, address)
         && write_u32(caller, size_out, data.len() as u32);
-    Ok(if ok { OK } else { BAD_ARGUMENT })
+    Ok(status_of_write(ok))
 }

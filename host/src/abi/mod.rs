@@ -6,7 +6,8 @@
 //!
 //! Each host call is a function of the same name, in the file of its area (`headers.rs` has
 //! `proxy_get_header_map_pairs`); [`link`] lists them all. They read and write the filter's memory
-//! through [`memory`].
+//! through [`memory`]; the ABI's numbers (statuses, map and buffer types, log levels…) are the
+//! enums of [`types`].
 
 mod buffers;
 mod calls;
@@ -18,6 +19,7 @@ mod properties;
 mod shared;
 mod streams;
 mod time;
+pub(crate) mod types;
 mod wasi;
 
 use wasmtime::{Caller, Linker};
@@ -28,22 +30,6 @@ pub(crate) use wasi::link_unsupported_wasi;
 
 pub(crate) const ENV: &str = "env";
 pub(crate) const WASI: &str = "wasi_snapshot_preview1";
-
-// Statuses of ABI v0.2.1. The SDKs panic on any status a call does not expect, so each function
-// answers only those its callers handle.
-const OK: u32 = 0;
-const NOT_FOUND: u32 = 1;
-const BAD_ARGUMENT: u32 = 2;
-const EMPTY: u32 = 7;
-const CAS_MISMATCH: u32 = 8;
-const INTERNAL_FAILURE: u32 = 10;
-
-// WASI errno values.
-const ERRNO_SUCCESS: i32 = 0;
-const ERRNO_BADF: i32 = 8;
-const ERRNO_INVAL: i32 = 28;
-const ERRNO_FAULT: i32 = 21;
-const ERRNO_NOSYS: i32 = 52;
 
 /// What every host function receives first: the calling instance, with its [`VmState`].
 type Ctx<'a> = Caller<'a, VmState>;

@@ -1,7 +1,8 @@
 //! Properties: what the host knows of the plugin and the stream, and what the filter stores.
 
+use super::Ctx;
 use super::memory::{give, read};
-use super::{BAD_ARGUMENT, Ctx, NOT_FOUND, OK};
+use super::types::Status;
 use crate::vm::VmState;
 
 /// The path arrives as NUL-separated segments; see [`property`] for what is answered.
@@ -12,12 +13,12 @@ pub(super) fn proxy_get_property(
     return_value_data: u32,
     return_value_size: u32,
 ) -> wasmtime::Result<u32> {
-    let Some(raw) = read(&mut caller, path_data, path_size) else { return Ok(BAD_ARGUMENT) };
+    let Some(raw) = read(&mut caller, path_data, path_size) else { return Ok(Status::BadArgument.into()) };
     let text = String::from_utf8_lossy(&raw);
     let path: Vec<&str> = text.split('\0').filter(|part| !part.is_empty()).collect();
     match property(caller.data(), &path) {
         Some(value) => give(&mut caller, &value, return_value_data, return_value_size),
-        None => Ok(NOT_FOUND),
+        None => Ok(Status::NotFound.into()),
     }
 }
 
@@ -31,7 +32,7 @@ pub(super) fn proxy_set_property(
 ) -> u32 {
     let (Some(raw), Some(value)) = (read(&mut caller, path_data, path_size), read(&mut caller, value_data, value_size))
     else {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     };
     let key = String::from_utf8_lossy(&raw).split('\0').filter(|p| !p.is_empty()).collect::<Vec<_>>().join(".");
     let state = caller.data_mut();
@@ -40,7 +41,7 @@ pub(super) fn proxy_set_property(
         Some(stream) => stream.properties.insert(key, value),
         None => state.root_properties.insert(key, value),
     };
-    OK
+    Status::Ok.into()
 }
 
 /// What `proxy_get_property` answers. Strings are raw bytes and integers 8-byte little-endian,

@@ -1,7 +1,8 @@
 //! Stream control (continue, close, answer locally) and the effective context.
 
+use super::Ctx;
 use super::memory::read;
-use super::{BAD_ARGUMENT, Ctx, OK};
+use super::types::{Status, StreamType};
 use crate::types::{Direction, Effect, HeaderList, LocalReply};
 
 pub(super) fn proxy_continue_stream(mut caller: Ctx<'_>, stream_type: u32) -> u32 {
@@ -16,17 +17,17 @@ pub(super) fn proxy_close_stream(mut caller: Ctx<'_>, stream_type: u32) -> u32 {
 fn stream_effect(caller: &mut Ctx<'_>, stream_type: u32, make: fn(u32, Direction) -> Effect) -> u32 {
     let state = caller.data_mut();
     let context = state.effective;
-    let direction = match stream_type {
-        0 => Direction::Request,
-        1 => Direction::Response,
+    let direction = match StreamType::try_from(stream_type) {
+        Ok(StreamType::HttpRequest) => Direction::Request,
+        Ok(StreamType::HttpResponse) => Direction::Response,
         // Downstream/upstream are TCP filter streams, which this HTTP host does not run.
-        _ => return BAD_ARGUMENT,
+        Ok(StreamType::Downstream | StreamType::Upstream) | Err(_) => return Status::BadArgument.into(),
     };
     if !state.streams.contains_key(&context) {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     }
     state.effects.push(make(context, direction));
-    OK
+    Status::Ok.into()
 }
 
 #[expect(clippy::too_many_arguments, reason = "the ABI's signature")]
@@ -45,21 +46,21 @@ pub(super) fn proxy_send_local_response(
     let body = read(&mut caller, body_data, body_size);
     let headers = read(&mut caller, headers_data, headers_size).and_then(|bytes| HeaderList::decode(&bytes));
     let (Some(details), Some(body), Some(headers)) = (details, body, headers) else {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     };
-    let Ok(status) = u16::try_from(status_code) else { return BAD_ARGUMENT };
+    let Ok(status) = u16::try_from(status_code) else { return Status::BadArgument.into() };
     if !(100..=999).contains(&status) {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     }
     let state = caller.data_mut();
     let context = state.effective;
     if !state.streams.contains_key(&context) {
-        return BAD_ARGUMENT;
+        return Status::BadArgument.into();
     }
     let details = String::from_utf8_lossy(&details).into_owned();
     let reply = LocalReply { status, details, headers, body };
     state.effects.push(Effect::LocalReply { context, reply });
-    OK
+    Status::Ok.into()
 }
 
 /// Host calls then act on `context_id`: the root context or one of this VM's streams.
@@ -67,12 +68,13 @@ pub(super) fn proxy_set_effective_context(mut caller: Ctx<'_>, context_id: u32) 
     let state = caller.data_mut();
     if context_id == state.root || state.streams.contains_key(&context_id) {
         state.effective = context_id;
-        OK
+        Status::Ok
     } else {
-        BAD_ARGUMENT
+        Status::BadArgument
     }
+    .into()
 }
 
 pub(super) fn proxy_done(_: Ctx<'_>) -> u32 {
-    OK
+    Status::Ok.into()
 }

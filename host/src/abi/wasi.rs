@@ -6,40 +6,44 @@ use wasmtime::{FuncType, Linker, Val, format_err};
 
 use super::logging::log_line;
 use super::memory::{read, write, write_u32};
-use super::{Ctx, ERRNO_BADF, ERRNO_FAULT, ERRNO_INVAL, ERRNO_NOSYS, ERRNO_SUCCESS, WASI};
+use super::types::{ClockId, Errno, Fd, LogLevel};
+use super::{Ctx, WASI};
 use crate::vm::VmState;
 
 /// Only stdout and stderr, which become log lines.
 pub(super) fn fd_write(mut caller: Ctx<'_>, fd: i32, iovs: u32, iovs_len: u32, return_written: u32) -> i32 {
-    if fd != 1 && fd != 2 {
-        return ERRNO_BADF;
-    }
+    let fd = match Fd::try_from(fd) {
+        Ok(fd) => fd,
+        Err(errno) => return errno.into(),
+    };
     let mut text = Vec::new();
     for i in 0..iovs_len {
-        let Some(iov) = read(&mut caller, iovs.wrapping_add(i * 8), 8) else { return ERRNO_FAULT };
+        let Some(iov) = read(&mut caller, iovs.wrapping_add(i * 8), 8) else { return Errno::Fault.into() };
         let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]);
         let len = u32::from_le_bytes([iov[4], iov[5], iov[6], iov[7]]);
-        let Some(chunk) = read(&mut caller, ptr, len) else { return ERRNO_FAULT };
+        let Some(chunk) = read(&mut caller, ptr, len) else { return Errno::Fault.into() };
         text.extend_from_slice(&chunk);
     }
     let message = String::from_utf8_lossy(&text);
     let message = message.trim_end();
     if !message.is_empty() {
         // Panic messages arrive on stderr: log them as errors so a trap can be explained.
-        log_line(caller.data_mut(), if fd == 2 { 4 } else { 2 }, message);
+        let level = match fd {
+            Fd::Stdout => LogLevel::Info,
+            Fd::Stderr => LogLevel::Error,
+        };
+        log_line(caller.data_mut(), level, message);
     }
-    if write_u32(&mut caller, return_written, text.len() as u32) { ERRNO_SUCCESS } else { ERRNO_FAULT }
+    errno_of_write(write_u32(&mut caller, return_written, text.len() as u32))
 }
 
 pub(super) fn environ_sizes_get(mut caller: Ctx<'_>, return_count: u32, return_buffer_size: u32) -> i32 {
     let entries = environ(caller.data());
     let size: usize = entries.iter().map(Vec::len).sum();
-    let (Ok(count), Ok(size)) = (u32::try_from(entries.len()), u32::try_from(size)) else { return ERRNO_INVAL };
-    if write_u32(&mut caller, return_count, count) && write_u32(&mut caller, return_buffer_size, size) {
-        ERRNO_SUCCESS
-    } else {
-        ERRNO_FAULT
-    }
+    let (Ok(count), Ok(size)) = (u32::try_from(entries.len()), u32::try_from(size)) else {
+        return Errno::Inval.into();
+    };
+    errno_of_write(write_u32(&mut caller, return_count, count) && write_u32(&mut caller, return_buffer_size, size))
 }
 
 /// `KEY=VALUE\0` strings packed into `buffer`, and a pointer to each in `pointers`, in the sizes
@@ -49,23 +53,19 @@ pub(super) fn environ_get(mut caller: Ctx<'_>, pointers: u32, buffer: u32) -> i3
     for (index, entry) in environ(caller.data()).iter().enumerate() {
         let slot = pointers.wrapping_add(4 * index as u32);
         if !write_u32(&mut caller, slot, at) || !write(&mut caller, at, entry) {
-            return ERRNO_FAULT;
+            return Errno::Fault.into();
         }
         at = at.wrapping_add(entry.len() as u32);
     }
-    ERRNO_SUCCESS
+    Errno::Success.into()
 }
 
 pub(super) fn args_sizes_get(mut caller: Ctx<'_>, return_count: u32, return_buffer_size: u32) -> i32 {
-    if write_u32(&mut caller, return_count, 0) && write_u32(&mut caller, return_buffer_size, 0) {
-        ERRNO_SUCCESS
-    } else {
-        ERRNO_FAULT
-    }
+    errno_of_write(write_u32(&mut caller, return_count, 0) && write_u32(&mut caller, return_buffer_size, 0))
 }
 
 pub(super) fn args_get(_: Ctx<'_>, _pointers: u32, _buffer: u32) -> i32 {
-    ERRNO_SUCCESS
+    Errno::Success.into()
 }
 
 pub(super) fn proc_exit(_: Ctx<'_>, code: i32) -> wasmtime::Result<()> {
@@ -73,25 +73,33 @@ pub(super) fn proc_exit(_: Ctx<'_>, code: i32) -> wasmtime::Result<()> {
 }
 
 pub(super) fn clock_time_get(mut caller: Ctx<'_>, clock_id: i32, _precision: i64, return_time: u32) -> i32 {
-    let nanos = match clock_id {
-        0 => caller.data().env.clock.unix_nanos(),
-        1..=3 => caller.data().started.elapsed().as_nanos() as u64,
-        _ => return ERRNO_INVAL,
+    let nanos = match ClockId::try_from(clock_id) {
+        Ok(ClockId::Realtime) => caller.data().env.clock.unix_nanos(),
+        Ok(ClockId::Monotonic | ClockId::ProcessCputime | ClockId::ThreadCputime) => {
+            caller.data().started.elapsed().as_nanos() as u64
+        }
+        Err(errno) => return errno.into(),
     };
-    if write(&mut caller, return_time, &nanos.to_le_bytes()) { ERRNO_SUCCESS } else { ERRNO_FAULT }
+    errno_of_write(write(&mut caller, return_time, &nanos.to_le_bytes()))
 }
 
 pub(super) fn random_get(mut caller: Ctx<'_>, buffer: u32, buffer_size: u32) -> i32 {
     let mut bytes = vec![0u8; buffer_size as usize];
     if getrandom::fill(&mut bytes).is_err() {
-        return ERRNO_NOSYS;
+        return Errno::Nosys.into();
     }
-    if write(&mut caller, buffer, &bytes) { ERRNO_SUCCESS } else { ERRNO_FAULT }
+    errno_of_write(write(&mut caller, buffer, &bytes))
 }
 
 /// A filter has no preopened directories: this ends libc's scan for them.
 pub(super) fn fd_prestat_get(_: Ctx<'_>, _fd: i32, _return_prestat: u32) -> i32 {
-    ERRNO_BADF
+    Errno::Badf.into()
+}
+
+/// The errno of a call whose last step wrote its answer: EFAULT when the filter's pointer is out of
+/// bounds.
+fn errno_of_write(ok: bool) -> i32 {
+    if ok { Errno::Success } else { Errno::Fault }.into()
 }
 
 /// The VM's environment as WASI hands it over: `KEY=VALUE` followed by a NUL, one per variable.
@@ -118,7 +126,7 @@ pub(crate) fn link_unsupported_wasi(linker: &mut Linker<VmState>, name: &str, ty
     let returns_errno = ty.results().len() == 1 && ty.results().all(|r| r.is_i32());
     linker.func_new(WASI, &name.clone(), ty, move |_caller, _params, results| {
         if returns_errno {
-            results[0] = Val::I32(ERRNO_NOSYS);
+            results[0] = Val::I32(Errno::Nosys.into());
             Ok(())
         } else {
             Err(format_err!("the filter called WASI `{name}`, which this host does not provide"))
