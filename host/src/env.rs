@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::abi::types::MetricType;
+
 /// Where `proxy_get_current_time_nanoseconds` reads the time. Tests move a manual clock forward
 /// instead of sleeping.
 #[derive(Clone, Default)]
@@ -33,18 +35,10 @@ impl Clock {
     }
 }
 
-/// The kinds of metric proxy-wasm knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MetricKind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
 #[derive(Debug)]
 struct Metric {
     name: String,
-    kind: MetricKind,
+    kind: MetricType,
     value: u64,
     samples: u64,
 }
@@ -183,7 +177,7 @@ impl HostEnv {
     }
 
     /// Defines a metric, or finds the one of that name: ids are process-wide, as in Envoy.
-    pub fn define_metric(&self, kind: MetricKind, name: &str) -> u32 {
+    pub fn define_metric(&self, kind: MetricType, name: &str) -> u32 {
         let mut state = self.state();
         if let Some(index) = state.metrics.iter().position(|m| m.name == name && m.kind == kind) {
             return index as u32 + 1;
@@ -201,8 +195,8 @@ impl HostEnv {
     /// `None` for an unknown metric, `Some(false)` when the kind cannot be incremented.
     pub fn increment_metric(&self, id: u32, offset: i64) -> Option<bool> {
         self.with_metric(id, |m| match m.kind {
-            MetricKind::Histogram => false,
-            MetricKind::Counter | MetricKind::Gauge => {
+            MetricType::Histogram => false,
+            MetricType::Counter | MetricType::Gauge => {
                 m.value = m.value.saturating_add_signed(offset);
                 true
             }
@@ -211,9 +205,9 @@ impl HostEnv {
 
     pub fn record_metric(&self, id: u32, value: u64) -> Option<()> {
         self.with_metric(id, |m| match m.kind {
-            MetricKind::Counter => m.value = m.value.saturating_add(value),
-            MetricKind::Gauge => m.value = value,
-            MetricKind::Histogram => {
+            MetricType::Counter => m.value = m.value.saturating_add(value),
+            MetricType::Gauge => m.value = value,
+            MetricType::Histogram => {
                 m.value = value;
                 m.samples += 1;
             }

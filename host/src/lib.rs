@@ -14,7 +14,8 @@ pub mod harness;
 mod types;
 mod vm;
 
-pub use env::{Clock, EnvLimits, HostEnv, MetricKind, SetError};
+pub use abi::types::{MetricType, Status};
+pub use env::{Clock, EnvLimits, HostEnv, SetError};
 pub use exchange::{Exchange, Out, Step};
 pub use types::{Action, Direction, Effect, HeaderList, HttpCallRequest, HttpCallResponse, LocalReply, StreamInfo};
 pub use vm::{Plugin, PluginSpec, StreamData, Vm, VmError};

@@ -122,12 +122,26 @@ impl HeaderList {
     }
 }
 
-/// What a filter callback asks of the stream: go on, or wait.
+/// What a filter callback asks of the stream: go on, or wait (the ABI's `proxy_action_t`).
+#[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    Continue,
+    Continue = 0,
     /// Stop iteration; in a body callback, also buffer what has arrived so far.
-    Pause,
+    Pause = 1,
+}
+
+impl TryFrom<u32> for Action {
+    /// The number a callback returned, when it is not an action.
+    type Error = u32;
+
+    fn try_from(number: u32) -> Result<Action, u32> {
+        match number {
+            0 => Ok(Action::Continue),
+            1 => Ok(Action::Pause),
+            other => Err(other),
+        }
+    }
 }
 
 /// The two halves of an HTTP stream.

@@ -444,11 +444,7 @@ impl Vm {
     }
 
     fn action(callback: &'static str, value: u32) -> Result<Action, VmError> {
-        match value {
-            0 => Ok(Action::Continue),
-            1 => Ok(Action::Pause),
-            value => Err(VmError::BadReturn { callback, value }),
-        }
+        Action::try_from(value).map_err(|value| VmError::BadReturn { callback, value })
     }
 
     /// Creates a stream context for a new HTTP request.
