@@ -63,7 +63,8 @@ filter: setup
 ## and end-to-end tests over real sockets.
 test: setup setup-browser setup-envoy
 	$(CARGO) test --locked --workspace --exclude test-filter-headers --exclude test-filter-bodies \
-		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import
+		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import \
+		--exclude test-filter-noop
 
 ## soak: the runner and Envoy under load for a minute each (256 clients, open and protected
 ## pages), reporting answers, errors and resident memory every 5 s; fails when a request did.
