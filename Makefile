@@ -5,7 +5,7 @@ WASM_TARGET = wasm32-wasip1
 FILTER_WASM = target/$(WASM_TARGET)/wasm/ory_proxy_filter.wasm
 PORT       ?= 4000
 
-.PHONY: all setup setup-browser setup-envoy build filter test fuzz soak demo demo-envoy run envoy-config lint fmt clean
+.PHONY: all setup setup-browser setup-envoy setup-bench build filter test fuzz soak bench demo demo-envoy run envoy-config lint fmt clean
 
 all: build
 
@@ -50,6 +50,18 @@ setup-envoy:
 		"$(ENVOY)" --version | grep -q '/$(ENVOY_VERSION)/' || { echo "$(ENVOY) is not Envoy $(ENVOY_VERSION)"; exit 1; }; \
 	fi
 
+## setup-bench: what make bench runs besides the proxies: nginx (the app, and the reverse proxy
+## to compare with), wrk (the load) and taskset (util-linux). Installed with apt-get when missing
+## (as root, or through sudo). Debian starts the nginx service on port 80 when it installs it.
+BENCH_PACKAGES = nginx wrk util-linux
+BENCH_PATH     = $(PATH):/usr/sbin:/sbin
+setup-bench:
+	@if ! PATH="$(BENCH_PATH)" sh -c 'command -v nginx && command -v wrk && command -v taskset' >/dev/null 2>&1; then \
+		command -v apt-get >/dev/null 2>&1 || { echo "install $(BENCH_PACKAGES) (Debian names) to run make bench"; exit 1; }; \
+		echo "installing $(BENCH_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_PACKAGES) >/dev/null; \
+	fi
+
 ## build: the filter .wasm (for Envoy) and the ory-proxy binary (which embeds it), optimised.
 build: setup filter
 	$(CARGO) build --locked --release -p ory-proxy --bin ory-proxy
@@ -62,8 +74,7 @@ filter: setup
 ## test: unit tests (filter natively), host tests (test filters and our filter inside wasmtime),
 ## and end-to-end tests over real sockets.
 test: setup setup-browser setup-envoy
-	$(CARGO) test --locked --workspace --exclude test-filter-headers --exclude test-filter-bodies \
-		--exclude test-filter-callouts --exclude test-filter-faulty --exclude test-filter-unknown-import
+	$(CARGO) test --locked
 
 ## fuzz: the property tests (path normaliser, Location and cookie rewriting, body rewriting, the
 ## filter configuration, the host's header-map codec) with many more cases than make test runs.
@@ -78,6 +89,16 @@ fuzz: setup
 SOAK_ARGS ?=
 soak: setup setup-envoy
 	$(CARGO) bench --locked -p ory-proxy --bench soak -- $(SOAK_ARGS)
+
+## bench: side by side with nginx and Envoy (runner/benches/compare.rs): direct, nginx, Envoy
+## with no filter, Envoy and the runner with a no-op filter and with ours, a 100 MB download
+## through each; req/s, p50, p99, MB/s as ratios to nginx and Envoy, start-up, RSS, module size.
+## Each proxy on CPU 0, wrk and the app on CPU 1. Not part of make test; nothing is asserted.
+## BENCH_SECONDS=30 lengthens every row; BENCH_ARGS="--connections 128" for the rest.
+BENCH_SECONDS ?= 5
+BENCH_ARGS    ?=
+bench: setup setup-envoy setup-bench
+	PATH="$(BENCH_PATH)" $(CARGO) bench --locked -p ory-proxy --bench compare -- --seconds $(BENCH_SECONDS) $(BENCH_ARGS)
 
 ## demo: the Ory stand-in, the demo app and ory-proxy together; Ctrl-C stops all three.
 demo: setup

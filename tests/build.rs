@@ -8,6 +8,7 @@ fn main() {
         "test-filter-callouts",
         "test-filter-faulty",
         "test-filter-unknown-import",
+        "test-filter-noop",
     ];
     let out = wasm_build::build(&packages, &["test-filters"]);
     println!("cargo:rustc-env=ORY_PROXY_TEST_FILTERS_DIR={}", out.display());

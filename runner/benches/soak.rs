@@ -9,34 +9,32 @@
 //!
 //! `cargo bench -p ory-proxy --bench soak -- [--seconds 60] [--connections 256] [--host runner|envoy|both]`
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
+use common::{Host, Setup, resident_mib};
 use http::StatusCode;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
-use ory_proxy::envoy::{EnvoyOptions, bootstrap_yaml};
-use ory_proxy::plan::{self, Deployment};
-use ory_proxy_tests::envoy::{EnvoyStart, RunningEnvoy};
 use ory_proxy_tests::http::{bind_loopback, response, spawn_server};
 use ory_proxy_tests::standin::{DEMO_EMAIL, Standin, StandinConfig};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_ory-proxy");
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 struct Options {
     seconds: u64,
     connections: usize,
-    hosts: Vec<&'static str>,
+    hosts: Vec<Host>,
 }
 
 fn options() -> anyhow::Result<Options> {
-    let mut options = Options { seconds: 60, connections: 256, hosts: vec!["runner", "envoy"] };
+    let mut options = Options { seconds: 60, connections: 256, hosts: vec![Host::Runner, Host::Envoy] };
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
@@ -45,9 +43,9 @@ fn options() -> anyhow::Result<Options> {
             "--connections" => options.connections = value()?.parse().context("--connections")?,
             "--host" => {
                 options.hosts = match value()?.as_str() {
-                    "runner" => vec!["runner"],
-                    "envoy" => vec!["envoy"],
-                    "both" => vec!["runner", "envoy"],
+                    "runner" => vec![Host::Runner],
+                    "envoy" => vec![Host::Envoy],
+                    "both" => vec![Host::Runner, Host::Envoy],
                     other => bail!("--host {other}: runner, envoy or both"),
                 }
             }
@@ -68,99 +66,6 @@ struct Tally {
 impl Tally {
     fn errors(&self) -> u64 {
         self.wrong_status.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
-    }
-}
-
-/// The proxy being soaked.
-enum Proxy {
-    Runner(Child),
-    Envoy(RunningEnvoy),
-}
-
-impl Proxy {
-    fn pid(&self) -> u32 {
-        match self {
-            Proxy::Runner(child) => child.id(),
-            Proxy::Envoy(envoy) => envoy.pid(),
-        }
-    }
-
-    fn stop(self) {
-        match self {
-            Proxy::Runner(mut child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            Proxy::Envoy(envoy) => envoy.shutdown(),
-        }
-    }
-}
-
-fn resident_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|line| line.starts_with("VmRSS:"))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("nothing listens on {addr} after 30s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-async fn start(host: &str, app: SocketAddr, ory: &str, work: &std::path::Path) -> anyhow::Result<(Proxy, SocketAddr)> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem();
-    let key_file = work.join("signing-key.pem");
-    std::fs::write(&key_file, &key)?;
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-    match host {
-        "runner" => {
-            let child = Command::new(BINARY)
-                .args(["local", &format!("http://{app}"), "--port", &listen.port().to_string()])
-                .args(["--sdk-url", ory, "--protect-path-prefix", "/members", "--jwt-key"])
-                .arg(&key_file)
-                .args(["--no-https", "--no-open", "--dont-install-cert"])
-                .env("ORY_PROXY_HOME", work)
-                .env("ORY_PROXY_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting ory-proxy")?;
-            wait_for_port(listen).await?;
-            Ok((Proxy::Runner(child), listen))
-        }
-        _ => {
-            let mut deployment = Deployment::new(url::Url::parse(&format!("http://{app}"))?, listen, key);
-            deployment.ory_url = Some(url::Url::parse(ory)?);
-            deployment.protection.prefixes.push("/members".into());
-            let plan = plan::plan(&deployment)?;
-            let module = work.join("ory_proxy_filter.wasm");
-            std::fs::write(&module, ory_proxy::local::EMBEDDED_FILTER)?;
-            let admin_port = free_port()?;
-            let options = EnvoyOptions { module_path: module.display().to_string(), admin_port: Some(admin_port) };
-            let envoy = RunningEnvoy::start(EnvoyStart {
-                bootstrap: bootstrap_yaml(&plan, &options),
-                admin_port,
-                listen,
-                concurrency: 2,
-                env: plan.vm_environment.clone(),
-            })
-            .await?;
-            Ok((Proxy::Envoy(envoy), listen))
-        }
     }
 }
 
@@ -205,18 +110,19 @@ async fn client(proxy: SocketAddr, cookie: String, until: Instant, tally: Arc<Ta
     }
 }
 
-async fn soak(host: &str, options: &Options) -> anyhow::Result<u64> {
-    let work = std::env::temp_dir().join(format!("ory-proxy-soak-{}-{host}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
+async fn soak(host: Host, options: &Options) -> anyhow::Result<u64> {
+    let work = std::env::temp_dir().join(format!("ory-proxy-soak-{}-{}", std::process::id(), host.name()));
     let standin = Standin::start(StandinConfig::default()).await?;
     let app = spawn_server(bind_loopback(0).await?, |_, _| async {
         Ok(response(StatusCode::OK, "text/plain", "hello from the app"))
     })?;
-    let (proxy, addr) = start(host, app.local_addr(), &standin.url(), &work).await?;
+    let proxy = common::start(&Setup::new(host, app.local_addr(), &standin.url(), &work)).await?;
+    let addr = proxy.addr;
     let session = standin.create_session(DEMO_EMAIL)?;
     let pid = proxy.pid();
     println!(
-        "{host}: {} connections for {} s; RSS at start {:.1} MiB",
+        "{}: {} connections for {} s; RSS at start {:.1} MiB",
+        host.name(),
         options.connections,
         options.seconds,
         resident_mib(pid)
@@ -247,7 +153,8 @@ async fn soak(host: &str, options: &Options) -> anyhow::Result<u64> {
         let _ = client.await;
     }
     println!(
-        "{host}: {} answers, {} wrong statuses, {} failures, {} whoami calls, RSS at the end {:.1} MiB\n",
+        "{}: {} answers, {} wrong statuses, {} failures, {} whoami calls, RSS at the end {:.1} MiB\n",
+        host.name(),
         tally.answered.load(Ordering::Relaxed),
         tally.wrong_status.load(Ordering::Relaxed),
         tally.failed.load(Ordering::Relaxed),
@@ -265,7 +172,7 @@ async fn soak(host: &str, options: &Options) -> anyhow::Result<u64> {
 async fn main() -> anyhow::Result<()> {
     let options = options()?;
     let mut errors = 0;
-    for host in &options.hosts {
+    for &host in &options.hosts {
         errors += soak(host, &options).await?;
     }
     if errors > 0 {

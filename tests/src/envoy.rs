@@ -47,6 +47,11 @@ pub struct EnvoyStart {
     pub concurrency: u32,
     /// Extra environment for the Envoy process.
     pub env: Vec<(String, String)>,
+    /// Run Envoy on these CPUs only (a `taskset -c` list, e.g. `"0"`); anywhere when `None`.
+    pub cpu_list: Option<String>,
+    /// Log less than the tests read (`--log-level`, e.g. `"warning"`); when `None`, info with the
+    /// filter's own messages at debug, which the tests look for.
+    pub log_level: Option<String>,
 }
 
 /// An Envoy process; killed when dropped.
@@ -70,13 +75,25 @@ impl RunningEnvoy {
         let config = dir.join("envoy.yaml");
         std::fs::write(&config, &start.bootstrap).with_context(|| format!("writing {}", config.display()))?;
         let log = std::fs::File::create(dir.join("envoy.log"))?;
-        let child = Command::new(&binary)
+        let mut command = match &start.cpu_list {
+            Some(cpus) => {
+                // taskset execs Envoy: the child's pid is still Envoy's.
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", cpus]).arg(&binary);
+                taskset
+            }
+            None => Command::new(&binary),
+        };
+        match &start.log_level {
+            Some(level) => command.args(["--log-level", level]),
+            None => command.args(["--log-level", "info", "--component-log-level", "wasm:debug"]),
+        };
+        let child = command
             .arg("-c")
             .arg(&config)
             .args(["--concurrency", &start.concurrency.to_string()])
             // Several Envoys run side by side in the tests: no shared memory between them.
             .arg("--disable-hot-restart")
-            .args(["--log-level", "info", "--component-log-level", "wasm:debug"])
             .envs(start.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -108,7 +125,7 @@ impl RunningEnvoy {
             if Instant::now() > deadline {
                 bail!("Envoy was not ready within 60s:\n{}", self.log_tail(60));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -121,6 +121,8 @@ impl Proxy {
                     listen: plan.listen,
                     concurrency: ENVOY_WORKERS,
                     env: environment.to_vec(),
+                    cpu_list: None,
+                    log_level: None,
                 };
                 let envoy = RunningEnvoy::start(start).await?;
                 Ok(Proxy { host, addr: plan.listen, running: Running::Envoy(envoy) })
