@@ -7,6 +7,7 @@
 //! the driver — the proxy, or the test [`harness`] — to carry out once the call has returned.
 
 mod abi;
+mod code_cache;
 mod env;
 pub mod exchange;
 #[cfg(feature = "harness")]

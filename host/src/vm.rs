@@ -1,17 +1,17 @@
 //! A loaded plugin and its VMs: compile once, instantiate per worker, call the filter's exports.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use sha2::Digest as _;
 use wasmtime::error::Context as _;
-use wasmtime::{
-    Config, Engine, ExternType, InstancePre, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc,
-};
+use wasmtime::{Config, Engine, ExternType, InstancePre, Linker, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
 
 use super::abi;
+use super::code_cache;
 use super::env::HostEnv;
 use super::types::{Action, Effect, HeaderList, HttpCallResponse, StreamInfo};
 
@@ -86,6 +86,11 @@ fn engine() -> anyhow::Result<Engine> {
     }
     let mut config = Config::new();
     config.epoch_interruption(true);
+    // For `perf report` to name the filter's functions: compiled code is listed in
+    // /tmp/perf-<pid>.map.
+    if std::env::var_os("PROXY_WASM_HOST_PERF_MAP").is_some_and(|v| !v.is_empty()) {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let engine = Engine::new(&config).context("creating the wasm engine")?;
     Ok(ENGINE.get_or_init(|| engine).clone())
 }
@@ -103,13 +108,25 @@ impl Plugin {
     /// message when the module is not a proxy-wasm ABI v0.2.1 filter or imports a host function
     /// this host does not provide.
     pub fn load(wasm: &[u8], spec: PluginSpec, env: Arc<HostEnv>) -> anyhow::Result<Plugin> {
+        Plugin::load_cached(wasm, spec, env, None)
+    }
+
+    /// [`Plugin::load`], keeping the compiled code in `code_cache` between runs: a later start
+    /// maps it instead of compiling (milliseconds instead of seconds). Only this host may write
+    /// that directory; a file it cannot use is compiled again and replaced.
+    pub fn load_cached(
+        wasm: &[u8],
+        spec: PluginSpec,
+        env: Arc<HostEnv>,
+        code_cache: Option<&Path>,
+    ) -> anyhow::Result<Plugin> {
         // Held while compiling, so that concurrent loads of one module compile it once.
         let digest: [u8; 32] = sha2::Sha256::digest(wasm).into();
         let mut cache = COMPILED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let compiled = match cache.iter().find(|(known, _)| *known == digest) {
             Some((_, compiled)) => compiled.clone(),
             None => {
-                let compiled = Compiled::new(wasm)?;
+                let compiled = Compiled::new(wasm, &digest, code_cache)?;
                 cache.push((digest, compiled.clone()));
                 compiled
             }
@@ -119,9 +136,12 @@ impl Plugin {
 }
 
 impl Compiled {
-    fn new(wasm: &[u8]) -> anyhow::Result<Compiled> {
+    fn new(wasm: &[u8], digest: &[u8; 32], code_cache: Option<&Path>) -> anyhow::Result<Compiled> {
         let engine = engine()?;
-        let module = Module::new(&engine, wasm).context("the filter is not a valid WebAssembly module")?;
+        let module = match code_cache {
+            Some(dir) => code_cache::module(&engine, wasm, digest, dir)?,
+            None => code_cache::compile(&engine, wasm)?,
+        };
 
         let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
         if !exports.contains(&"proxy_abi_version_0_2_1") {
@@ -197,6 +217,7 @@ impl Plugin {
         store.set_epoch_deadline(deadline_ticks(&self.spec));
         let instance = self.compiled.pre.instantiate(&mut store).context("instantiating the filter")?;
         let exports = Exports::find(&instance, &mut store)?;
+        store.data_mut().guest = GuestHandles::find(&instance, &mut store)?;
         let mut vm = Vm { store, exports, root: 1, next_context: 2, number, failed: false };
 
         for start in ["_initialize", "main"] {
@@ -289,6 +310,29 @@ pub(crate) struct VmState {
     pub recent_errors: Vec<String>,
     pub started: Instant,
     pub limits: StoreLimits,
+    pub guest: GuestHandles,
+}
+
+/// The exports host calls use, found once the instance exists (before any of its code runs).
+#[derive(Default)]
+pub(crate) struct GuestHandles {
+    pub memory: Option<wasmtime::Memory>,
+    /// `proxy_on_memory_allocate`, or `malloc` for filters that only export that.
+    pub allocate: Option<TypedFunc<u32, u32>>,
+}
+
+impl GuestHandles {
+    fn find(instance: &wasmtime::Instance, store: &mut Store<VmState>) -> anyhow::Result<GuestHandles> {
+        let memory = instance.get_memory(&mut *store, "memory");
+        let allocator = instance
+            .get_func(&mut *store, "proxy_on_memory_allocate")
+            .or_else(|| instance.get_func(&mut *store, "malloc"));
+        let allocate = match allocator {
+            Some(func) => Some(func.typed(&*store).context("the filter's allocator has the wrong signature")?),
+            None => None,
+        };
+        Ok(GuestHandles { memory, allocate })
+    }
 }
 
 impl VmState {
@@ -310,6 +354,7 @@ impl VmState {
             recent_errors: Vec::new(),
             started: Instant::now(),
             limits: StoreLimitsBuilder::new().memory_size(max_memory).instances(1).build(),
+            guest: GuestHandles::default(),
         }
     }
 

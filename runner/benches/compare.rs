@@ -319,6 +319,14 @@ impl Bench<'_> {
             max_concurrent_whoami: Some(self.options.connections.max(32) as u32),
             ..Setup::new(host, self.upstream, &self.standin.url(), &work)
         };
+        if host == Host::Runner && ours {
+            // The runner keeps compiled code in its home: this first start compiles (and is
+            // reported on its own), the measured one below maps what it kept.
+            let proxy = common::start(&setup).await.with_context(|| format!("starting {name} the first time"))?;
+            let first = self.process(proxy.addr, proxy.pid(), proxy.spawned, "/page").await;
+            proxy.stop();
+            self.results.processes.push((format!("{name}, first start (compiles the module)"), first?));
+        }
         let proxy = common::start(&setup).await.with_context(|| format!("starting {name}"))?;
         let outcome = self.measure(name, &proxy, ours).await;
         proxy.stop();
@@ -845,9 +853,14 @@ fn goals(results: &Results, module_bytes: usize) -> String {
         ),
     );
     let process = results.process(RUNNER_OURS);
+    let first = results.process(&format!("{RUNNER_OURS}, first start (compiles the module)"));
     row(
-        "start to the first answered request ≤ 300 ms",
-        process.map_or("–".into(), |p| format!("{:.0} ms", p.startup_ms)),
+        "start to the first answered request ≤ 300 ms (later starts; the first)",
+        format!(
+            "{}; {}",
+            process.map_or("–".into(), |p| format!("{:.0} ms", p.startup_ms)),
+            first.map_or("–".into(), |p| format!("{:.0} ms", p.startup_ms))
+        ),
     );
     row("RSS ≤ 48 MiB idle", process.map_or("–".into(), |p| format!("{:.1} MiB", p.rss_idle_mib)));
     row(

@@ -1,5 +1,6 @@
 //! What the runner keeps between runs, in `$ORY_PROXY_HOME` (default: the OS config directory):
-//! the JWT signing key, so that apps' JWKS caches survive restarts (and, later, the local CA).
+//! the JWT signing key, so that apps' JWKS caches survive restarts, and the compiled filter (in
+//! its cache directory), so that a restart does not compile it again.
 
 use std::fs;
 use std::io::Write as _;
@@ -19,6 +20,16 @@ pub fn dir() -> anyhow::Result<PathBuf> {
         Some(config) => Ok(config.join("ory-proxy")),
         None => bail!("cannot find a configuration directory for ory-proxy's state: set ORY_PROXY_HOME"),
     }
+}
+
+/// Where compiled filter code is kept between runs (see `proxy_wasm_host::Plugin::load_cached`):
+/// `$ORY_PROXY_HOME/cache`, else `<cache dir>/ory-proxy`; `None` when neither is known, and every
+/// start compiles.
+pub fn code_cache_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("ORY_PROXY_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(home).join("cache"));
+    }
+    dirs::cache_dir().map(|cache| cache.join("ory-proxy"))
 }
 
 /// Reads a key file given with `--jwt-key`: PKCS#8 or SEC1 PEM, or a private JWK.

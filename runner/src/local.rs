@@ -27,7 +27,9 @@ pub fn load_filter(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Plugin> {
         callback_deadline: Some(CALLBACK_DEADLINE),
         ..PluginSpec::default()
     };
-    let plugin = Plugin::load(wasm, spec, HostEnv::new()).context("loading the filter")?;
+    let code_cache = crate::home::code_cache_dir();
+    let plugin =
+        Plugin::load_cached(wasm, spec, HostEnv::new(), code_cache.as_deref()).context("loading the filter")?;
     plugin.start_deadline_ticker();
     Ok(plugin)
 }
