@@ -5,6 +5,9 @@ use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, LocalArgs};
 use ory_proxy::{home, local, plan, tls, trust};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
