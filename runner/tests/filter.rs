@@ -1,5 +1,5 @@
 //! The ory-proxy filter inside wasmtime, driven request by request through the runner's host
-//! harness: sessions, JWTs and protected paths (issue 4), `/.ory/` rewriting and CORS (issue 5).
+//! harness: sessions, JWTs and protected paths, `/.ory/` rewriting and CORS.
 //! Ory's whoami is answered by the tests.
 
 use std::io::{Read, Write};

@@ -49,7 +49,7 @@ fn convert_nullable(v: &mut Value) {
 
 /// The Kratos OpenAPI document, prepared for JSON Schema validation.
 ///
-/// Deviations from the document, each because real Ory answers differ from it (REFERENCE.md §2):
+/// Deviations from the document, each because real Ory answers differ from it:
 /// - `genericError.details` is declared `additionalProperties: false` (an always-empty object),
 ///   but Kratos's 403 `session_aal2_required` carries `redirect_browser_to` in `error.details`:
 ///   details may hold any properties here.
