@@ -287,17 +287,8 @@ pub fn sign_jwt(
 
 /// Formats 16 random bytes as a version 4 UUID (RFC 9562 §5.4), for `jti`. The bytes come from
 /// the caller so that this stays a pure function.
-pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
-    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-    bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10xx
-    let mut out = String::with_capacity(36);
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+pub fn uuid_v4(bytes: [u8; 16]) -> String {
+    uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().to_string()
 }
 
 /// A fresh random `jti`. Inside wasm32-wasip1 the bytes come from the host's `random_get`.
