@@ -8,8 +8,6 @@
 //! `https://localhost:4000.evil.com` — is refused. Upstream CORS headers are removed from
 //! responses ([`strip_upstream_cors`]) so they are neither duplicated nor able to widen the policy.
 
-use std::fmt;
-
 use crate::origin::Origin;
 
 /// Methods a preflight may ask for.
@@ -48,16 +46,9 @@ pub const UPSTREAM_CORS_HEADERS: [&str; 7] = [
 ];
 
 /// A configured origin or header name the policy cannot use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct InvalidCors(pub String);
-
-impl fmt::Display for InvalidCors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidCors {}
 
 /// Which origins may call the proxy with credentials, and which request headers they may send.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -74,16 +74,9 @@ impl Scheme {
 }
 
 /// A public URL, proxy name or authority that cannot be used; the message names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct OriginError(pub String);
-
-impl fmt::Display for OriginError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for OriginError {}
 
 impl Origin {
     /// Parses an origin exactly as written: `http(s)://host[:port]` and nothing else (no path,

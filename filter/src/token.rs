@@ -121,33 +121,23 @@ pub fn jwks_document(keys: &[&SigningKey]) -> Vec<u8> {
 
 /// Why a JWT could not be made. None of these should happen with a session that
 /// `session::classify_whoami` accepted; they guard against misuse.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// The session is not a JSON object.
+    #[error("the session is not a JSON object")]
     SessionNotJson,
-    /// The session has no `identity.id` string to use as `sub`.
+    /// `sub` is the identity id.
+    #[error("the session has no identity.id")]
     NoIdentityId,
     /// A token that is already expired when made is useless.
+    #[error("the token lifetime must be at least one second")]
     ZeroLifetime,
     /// `now + ttl` does not fit in a u64.
+    #[error("the token expiry overflows")]
     TimeOverflow,
     /// The signer refused (it never does for a valid P-256 key).
+    #[error("ES256 signing failed")]
     Signing,
 }
-
-impl std::fmt::Display for TokenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TokenError::SessionNotJson => "the session is not a JSON object",
-            TokenError::NoIdentityId => "the session has no identity.id",
-            TokenError::ZeroLifetime => "the token lifetime must be at least one second",
-            TokenError::TimeOverflow => "the token expiry overflows",
-            TokenError::Signing => "ES256 signing failed",
-        })
-    }
-}
-
-impl std::error::Error for TokenError {}
 
 /// The claims of the JWT the app receives (REFERENCE §1.5, plus `aud` when configured).
 #[derive(Debug, Clone, PartialEq, Eq)]
