@@ -8,9 +8,7 @@
 //! `https://localhost:4000.evil.com` — is refused. Upstream CORS headers are removed from
 //! responses ([`strip_upstream_cors`]) so they are neither duplicated nor able to widen the policy.
 
-use std::fmt;
-
-use url::Url;
+use crate::origin::Origin;
 
 /// Methods a preflight may ask for.
 const ALLOWED_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -48,16 +46,9 @@ pub const UPSTREAM_CORS_HEADERS: [&str; 7] = [
 ];
 
 /// A configured origin or header name the policy cannot use.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct InvalidCors(pub String);
-
-impl fmt::Display for InvalidCors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidCors {}
 
 /// Which origins may call the proxy with credentials, and which request headers they may send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,18 +61,7 @@ pub struct CorsPolicy {
 
 /// `scheme://host[:port]` normalised, when `origin` is exactly that and nothing more.
 fn normalise_origin(origin: &str) -> Option<String> {
-    let (scheme, rest) = origin.split_once("://")?;
-    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
-        return None;
-    }
-    // Nothing but an authority: no path, query, fragment, user information or backslash (which
-    // URL parsers read as a slash), so the host seen here is the host a browser would use.
-    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '\\']) || rest.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-        return None;
-    }
-    let url = Url::parse(origin).ok()?;
-    url.host_str().filter(|h| !h.is_empty())?;
-    Some(url.origin().ascii_serialization())
+    Origin::parse(origin).map(|origin| origin.to_string())
 }
 
 /// Whether `name` is an HTTP token (RFC 9110 §5.6.2), so a valid header name.

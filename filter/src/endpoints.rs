@@ -1,18 +1,11 @@
 //! Requests the filter answers itself instead of passing them on.
 
 use crate::config::Config;
+use crate::reply::{LocalResponse, error_json};
 use crate::token::jwks_document;
 
 /// Where apps fetch the public key; the second path is the one later `ory proxy` versions used.
 pub const JWKS_PATHS: [&str; 2] = ["/.ory/jwks.json", "/.ory/proxy/jwks.json"];
-
-/// A response made by the filter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalResponse {
-    pub status: u32,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
 
 /// Answers the request when it is for one of the filter's own endpoints.
 pub fn answer(config: &Config, method: &str, path: &str) -> Option<LocalResponse> {
@@ -24,8 +17,7 @@ pub fn answer(config: &Config, method: &str, path: &str) -> Option<LocalResponse
         return Some(LocalResponse {
             status: 405,
             headers: vec![("allow".into(), "GET, HEAD".into()), ("content-type".into(), "application/json".into())],
-            body: br#"{"error":{"code":405,"status":"Method Not Allowed","message":"The JWKS is read with GET."}}"#
-                .to_vec(),
+            body: error_json(405, None, "The JWKS is read with GET."),
         });
     }
     let body = jwks_document(&[&config.signing_key]);
@@ -78,6 +70,9 @@ mod tests {
     fn writes_are_refused() {
         let response = answer(&config(), "POST", "/.ory/jwks.json").unwrap();
         assert_eq!(response.status, 405);
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["error"]["code"], 405);
+        assert_eq!(body["error"]["message"], "The JWKS is read with GET.");
     }
 
     #[test]

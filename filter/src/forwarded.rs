@@ -13,6 +13,9 @@
 //! Header names are lower case, as proxy-wasm hands them over; pseudo-headers (`:path`, …) are
 //! never touched.
 
+use crate::origin::Origin;
+use crate::rewrite::ORY_PREFIX;
+
 /// Identity and path-override headers removed from every client request, by exact name. Each is
 /// what some server or proxy sets for the app behind it, so an app may trust it by mistake.
 pub const IDENTITY_HEADERS: &[&str] = &[
@@ -182,15 +185,11 @@ pub fn app_forwarding_headers(client_ip: &str, scheme: &str, host: &str) -> Vec<
 /// `X-Forwarded-Proto` says which scheme the browser used. Envoy sets it on every request before
 /// any filter runs and routes on it: a request the filter leaves without one matches no route
 /// (Envoy answers 404), so it is set here rather than only removed.
-pub fn ory_request_headers(proxy_origin: &str, api_key: Option<&str>) -> Vec<(String, String)> {
-    let scheme = proxy_origin.trim().split_once("://").map_or("http", |(scheme, _)| scheme).to_ascii_lowercase();
+pub fn ory_request_headers(proxy_origin: &Origin, api_key: Option<&str>) -> Vec<(String, String)> {
     let mut headers = vec![
-        ("x-forwarded-proto".to_owned(), scheme),
+        ("x-forwarded-proto".to_owned(), proxy_origin.scheme().as_str().to_owned()),
         ("ory-no-custom-domain-redirect".to_owned(), "true".to_owned()),
-        (
-            "ory-base-url-rewrite".to_owned(),
-            format!("{}{}", proxy_origin.trim().trim_end_matches('/'), crate::rewrite::ORY_PREFIX),
-        ),
+        ("ory-base-url-rewrite".to_owned(), format!("{proxy_origin}{ORY_PREFIX}")),
     ];
     if let Some(key) = api_key.map(str::trim).filter(|k| valid_value(k)) {
         headers.push(("ory-base-url-rewrite-token".to_owned(), key.to_owned()));
@@ -201,9 +200,10 @@ pub fn ory_request_headers(proxy_origin: &str, api_key: Option<&str>) -> Vec<(St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::headers::tests::h;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    fn origin(url: &str) -> Origin {
+        Origin::from_public_url(url).expect("valid origin")
     }
 
     #[test]
@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn ory_bound_headers() {
         assert_eq!(
-            ory_request_headers("https://localhost:4000/", Some("ory_pat_abc")),
+            ory_request_headers(&origin("https://localhost:4000/"), Some("ory_pat_abc")),
             h(&[
                 ("x-forwarded-proto", "https"),
                 ("ory-no-custom-domain-redirect", "true"),
@@ -290,17 +290,20 @@ mod tests {
                 ("ory-base-url-rewrite-token", "ory_pat_abc"),
             ])
         );
-        assert_eq!(ory_request_headers("http://localhost:4000", None)[0], ("x-forwarded-proto".into(), "http".into()));
-        assert_eq!(ory_request_headers("http://localhost:4000", None).len(), 3);
-        assert_eq!(ory_request_headers("http://localhost:4000", Some("")).len(), 3);
-        assert_eq!(ory_request_headers("http://localhost:4000", Some("a\nb")).len(), 3);
+        assert_eq!(
+            ory_request_headers(&origin("http://localhost:4000"), None)[0],
+            ("x-forwarded-proto".into(), "http".into())
+        );
+        assert_eq!(ory_request_headers(&origin("http://localhost:4000"), None).len(), 3);
+        assert_eq!(ory_request_headers(&origin("http://localhost:4000"), Some("")).len(), 3);
+        assert_eq!(ory_request_headers(&origin("http://localhost:4000"), Some("a\nb")).len(), 3);
     }
 
     #[test]
     fn no_ory_header_reaches_the_app() {
         // A request that arrives with every Ory header, sanitized and given the app's headers.
         let mut headers = h(&[(":path", "/"), ("ory-base-url-rewrite", "x"), ("ORY-NO-CUSTOM-DOMAIN-REDIRECT", "x")]);
-        headers.extend(ory_request_headers("https://evil", Some("k")));
+        headers.extend(ory_request_headers(&origin("https://evil"), Some("k")));
         sanitize_request_headers(&mut headers, &[]);
         headers.extend(app_forwarding_headers("1.1.1.1", "https", "localhost:4000"));
         assert!(headers.iter().all(|(k, _)| !k.to_ascii_lowercase().starts_with("ory-")), "{headers:?}");

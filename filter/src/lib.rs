@@ -8,11 +8,14 @@ pub mod config;
 pub mod cors;
 pub mod decide;
 pub mod endpoints;
+pub mod entry;
 pub mod forwarded;
+pub mod headers;
 pub mod load;
 pub mod negotiate;
 pub mod origin;
 pub mod paths;
+pub mod reply;
 pub mod rewrite;
 pub mod session;
 pub mod token;
@@ -40,12 +43,13 @@ mod glue {
 
     use crate::cache::{self, CacheLookup, CredsHash, InFlight, Joined, Negative, Positive, SharedStore, StoreError};
     use crate::config::{Config, OryConfig};
-    use crate::decide::{
-        self, AppRequest, HeaderEdit, RequestDecision, ResponseContext, SessionAction, SessionResult, header,
-    };
-    use crate::endpoints::{self, LocalResponse};
+    use crate::decide::{self, AppRequest, RequestDecision, ResponseContext, SessionAction};
+    use crate::endpoints;
+    use crate::entry::{self, SessionResult};
+    use crate::headers::{self, HeaderEdit, header};
     use crate::load::{self, Admission};
     use crate::origin::{Origin, proxy_origin};
+    use crate::reply::LocalResponse;
     use crate::session::{Credentials, Session, WhoamiOutcome, classify_whoami, whoami_request_headers};
     use crate::upgrade;
 
@@ -429,13 +433,13 @@ mod glue {
             let hash = CredsHash::of(&creds);
             let now = now_ms();
             let result = match cache::lookup(&HostStore, &ory.cache, &hash, now) {
-                CacheLookup::Fresh(entry) => decide::active_result(ory, &entry),
-                CacheLookup::NeedsResign(entry) if !ory.jwt.enabled => decide::active_result(ory, &entry),
+                CacheLookup::Fresh(entry) => entry::active_result(ory, &entry),
+                CacheLookup::NeedsResign(entry) if !ory.jwt.enabled => entry::active_result(ory, &entry),
                 CacheLookup::NeedsResign(entry) => {
                     let session = Session { json: entry.session_json, identity_id: entry.identity_id };
-                    match decide::active_entry(ory, &self.config.signing_key, &session, None, now) {
+                    match entry::active_entry(ory, &self.config.signing_key, &session, None, now) {
                         Ok(entry) => {
-                            let result = decide::active_result(ory, &entry);
+                            let result = entry::active_result(ory, &entry);
                             let _ = cache::store_positive(&HostStore, &ory.cache, &hash, entry, now);
                             result
                         }
@@ -586,9 +590,9 @@ mod glue {
         let result = match outcome {
             WhoamiOutcome::Active(session) => {
                 let previous = pending.as_ref().and_then(|pending| pending.previous.as_ref());
-                match decide::active_entry(ory, &config.signing_key, &session, previous, now) {
+                match entry::active_entry(ory, &config.signing_key, &session, previous, now) {
                     Ok(entry) => {
-                        let result = decide::active_result(ory, &entry);
+                        let result = entry::active_result(ory, &entry);
                         let _ = cache::store_positive(&HostStore, &ory.cache, &hash, entry, now);
                         result
                     }
@@ -695,7 +699,7 @@ mod glue {
     }
 
     fn apply_edits(map: MapType, before: &[(String, String)], after: &[(String, String)]) {
-        for edit in decide::header_edits(before, after) {
+        for edit in headers::header_edits(before, after) {
             let result = match &edit {
                 HeaderEdit::Remove(name) => hostcalls::remove_map_value(map, name),
                 HeaderEdit::Set(name, value) => hostcalls::set_map_value(map, name, Some(value)),

@@ -1,4 +1,5 @@
-//! The proxy's origin as the browser sees it, and the login redirect built on it.
+//! Origins: the proxy's as the browser sees it, the ones CORS allows, and the redirects to
+//! Ory's login built on them (with `return_to`, the one encoding of it).
 //!
 //! The `Host` a request carries is chosen by the client, so it is trusted only when it names the
 //! proxy itself: one of its configured names (`localhost`, `127.0.0.1`, `[::1]`, the listen host…)
@@ -10,10 +11,17 @@
 //! Any port is accepted on a trusted name: the proxy may be reached through a forwarded port, and
 //! a different port on the same loopback or configured host is still the proxy's side.
 
+//!
+//! Origins are parsed here by hand rather than with `url`: the `Host` a client sends decides which
+//! origin is trusted, and `url` would widen that (it percent-decodes hosts, reads `0x7f.1` and
+//! `2130706433` as `127.0.0.1`, and maps Unicode names through IDNA). Browsers send `Origin` and
+//! `Host` already in the plain form accepted here.
+
 use std::fmt;
 use std::net::Ipv6Addr;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use url::Url;
 
 use crate::paths::NormalizedPath;
 
@@ -50,7 +58,7 @@ impl Scheme {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
@@ -66,36 +74,45 @@ impl Scheme {
 }
 
 /// A public URL, proxy name or authority that cannot be used; the message names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct OriginError(pub String);
 
-impl fmt::Display for OriginError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for OriginError {}
-
 impl Origin {
+    /// Parses an origin exactly as written: `http(s)://host[:port]` and nothing else (no path,
+    /// query, fragment, user information or white space). The host is lower-cased, IPv6
+    /// addresses are put in canonical form and the scheme's default port is dropped; `None` when
+    /// the text is not an origin.
+    pub fn parse(text: &str) -> Option<Origin> {
+        let (scheme, authority) = text.split_once("://")?;
+        let (host, port) = parse_authority(authority)?;
+        Some(Origin::new(Scheme::parse(scheme)?, host, port))
+    }
+
     /// Parses the configured public URL, e.g. `https://localhost:4000`. Only an origin is
-    /// accepted (a trailing `/` is fine): the proxy serves from the root of its host.
+    /// accepted (a trailing `/` is fine): the proxy serves from the root of its host. A trailing
+    /// dot on the host is dropped, as on a request's `Host`.
     pub fn from_public_url(url: &str) -> Result<Origin, OriginError> {
         let fail = |why: &str| Err(OriginError(format!("invalid public URL {url:?}: {why}")));
         let Some((scheme, rest)) = url.split_once("://") else {
             return fail("expected scheme://host[:port]");
         };
-        let Some(scheme) = Scheme::parse(scheme) else {
+        if Scheme::parse(scheme).is_none() {
             return fail("the scheme must be http or https");
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.contains(['/', '?', '#']) {
+        }
+        if rest.strip_suffix('/').unwrap_or(rest).contains(['/', '?', '#']) {
             return fail("it must be an origin only, without path, query or fragment");
         }
-        match parse_authority(authority) {
-            Some((host, port)) => Ok(Origin::new(scheme, host, port)),
+        match Origin::parse(url.strip_suffix('/').unwrap_or(url)) {
+            Some(origin) => Ok(origin.without_trailing_dot()),
             None => fail("the host or port is not valid"),
         }
+    }
+
+    /// The same origin with one trailing dot dropped from the host (see [`without_trailing_dot`]).
+    fn without_trailing_dot(mut self) -> Origin {
+        self.host.truncate(without_trailing_dot(&self.host).len());
+        self
     }
 
     fn new(scheme: Scheme, host: String, port: Option<u16>) -> Origin {
@@ -114,6 +131,14 @@ impl Origin {
     /// The explicit port, `None` for the scheme's default.
     pub fn port(&self) -> Option<u16> {
         self.port
+    }
+
+    /// `host[:port]`, as in a `Host` header.
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone(),
+        }
     }
 }
 
@@ -148,7 +173,7 @@ impl ProxyNames {
                 name.as_str()
             };
             match parse_authority(candidate) {
-                Some((host, None)) => hosts.push(host),
+                Some((host, None)) => hosts.push(without_trailing_dot(&host).to_string()),
                 Some((_, Some(_))) => {
                     return Err(OriginError(format!("invalid proxy host name {name:?}: give the host without a port")));
                 }
@@ -173,25 +198,64 @@ pub fn proxy_origin(
     public_origin: &Origin,
     names: &ProxyNames,
 ) -> Origin {
-    let used = request_scheme.and_then(Scheme::parse).zip(request_authority.and_then(parse_authority));
+    let used = request_scheme
+        .and_then(Scheme::parse)
+        .zip(request_authority.and_then(parse_authority))
+        .map(|(scheme, (host, port))| Origin::new(scheme, host, port).without_trailing_dot());
     match used {
-        Some((scheme, (host, port))) if host == public_origin.host || names.contains(&host) => {
-            Origin::new(scheme, host, port)
-        }
+        Some(origin) if origin.host == public_origin.host || names.contains(&origin.host) => origin,
         _ => public_origin.clone(),
     }
+}
+
+/// The absolute URL of a request on the proxy: where the browser goes back after a login.
+fn request_url(origin: &Origin, normalized: &NormalizedPath) -> String {
+    format!("{origin}{}", normalized.to_request_target())
 }
 
 /// The `Location` that starts a browser login and brings the user back to the request:
 /// absolute, on the proxy's origin, with `return_to` set to the absolute URL of the request
 /// (normalised path and query), percent-encoded as one query value.
 pub fn login_redirect(origin: &Origin, normalized: &NormalizedPath) -> String {
-    let return_to = format!("{origin}{}", normalized.to_request_target());
+    let return_to = request_url(origin, normalized);
     format!("{origin}{LOGIN_BROWSER_PATH}?return_to={}", utf8_percent_encode(&return_to, QUERY_VALUE))
 }
 
-/// Splits `host[:port]` into a canonical host and an optional port; `None` when it is not a
-/// plain authority (userinfo, path, spaces, bad port, bad characters…).
+/// Where a browser that needs a second factor goes: `ory_location` (Ory's
+/// `redirect_browser_to`, already moved onto the proxy) when it is under the proxy's `/.ory/`,
+/// otherwise the proxy's login flow with `aal=aal2`; always with `return_to` set to the request.
+pub fn aal2_redirect(origin: &Origin, normalized: &NormalizedPath, ory_location: Option<String>) -> String {
+    let on_proxy = format!("{origin}/.ory/");
+    let base = ory_location
+        .filter(|location| location.starts_with(&on_proxy))
+        .unwrap_or_else(|| format!("{origin}{LOGIN_BROWSER_PATH}?aal=aal2"));
+    with_return_to(&base, &request_url(origin, normalized))
+}
+
+/// `url` with its `return_to` query parameter set to `return_to`, encoded as [`login_redirect`]
+/// encodes it; the other parameters are kept in order. A `url` that does not parse is returned
+/// as it is.
+pub fn with_return_to(url: &str, return_to: &str) -> String {
+    let Ok(mut parsed) = Url::parse(url) else {
+        return url.to_string();
+    };
+    let mut kept = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in parsed.query_pairs().filter(|(name, _)| name != "return_to") {
+        kept.append_pair(&name, &value);
+    }
+    let mut query = kept.finish();
+    if !query.is_empty() {
+        query.push('&');
+    }
+    query.push_str("return_to=");
+    query.extend(utf8_percent_encode(return_to, QUERY_VALUE));
+    parsed.set_query(Some(&query));
+    parsed.to_string()
+}
+
+/// Splits `host[:port]` into a lower-case host (IPv6 in canonical form, a trailing dot kept) and
+/// an optional port; `None` when it is not a plain authority (userinfo, path, spaces, bad port,
+/// bad characters…).
 fn parse_authority(authority: &str) -> Option<(String, Option<u16>)> {
     if let Some(rest) = authority.strip_prefix('[') {
         let (address, after) = rest.split_once(']')?;
@@ -206,11 +270,17 @@ fn parse_authority(authority: &str) -> Option<(String, Option<u16>)> {
         Some((host, port)) => (host, Some(parse_port(port)?)),
         None => (authority, None),
     };
-    // One trailing dot names the same host (`localhost.`); the redirect then uses the plain name,
-    // so the login and the return land on one cookie host.
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let valid = !host.is_empty() && host.split('.').all(|label| !label.is_empty() && label.bytes().all(is_host_byte));
+    let labels = without_trailing_dot(host);
+    let valid =
+        !labels.is_empty() && labels.split('.').all(|label| !label.is_empty() && label.bytes().all(is_host_byte));
     valid.then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// One trailing dot names the same host (`localhost.` is `localhost`). Where the proxy decides
+/// which host a browser is on, it uses the plain name, so the login and the return land on one
+/// cookie host; an `Origin` header keeps it, as browsers tell such origins apart.
+fn without_trailing_dot(host: &str) -> &str {
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 /// Letters, digits, `-` and `_` (seen in container and compose names).
@@ -375,5 +445,69 @@ mod tests {
         );
         let spoofed = proxy_origin(Some("http"), Some("evil.com"), &public(), &names("proxy.test"));
         assert!(login_redirect(&spoofed, &target).starts_with("https://localhost:4000/.ory/"));
+    }
+
+    #[test]
+    fn return_to_replaces_an_existing_one() {
+        assert_eq!(
+            with_return_to("http://a.test/x?return_to=evil&k=v", "http://a.test/b?c=d"),
+            "http://a.test/x?k=v&return_to=http%3A%2F%2Fa.test%2Fb%3Fc%3Dd"
+        );
+        // One encoding for every return_to: only unreserved characters stay as they are.
+        let target = normalize("/members/a%20b?x=1&y=a+b*c").expect("valid");
+        let login = login_redirect(&public(), &target);
+        let (_, encoded) = login.split_once("return_to=").expect("has return_to");
+        let edited = with_return_to(
+            "https://localhost:4000/.ory/self-service/login/browser?aal=aal2",
+            &request_url(&public(), &target),
+        );
+        assert_eq!(
+            edited,
+            format!("https://localhost:4000/.ory/self-service/login/browser?aal=aal2&return_to={encoded}")
+        );
+        assert!(!encoded.contains(['*', '+', '&', '=']), "{encoded}");
+        assert_eq!(with_return_to("not a url", "http://a.test/"), "not a url");
+    }
+
+    #[test]
+    fn second_factor_redirects_stay_on_the_proxy() {
+        let target = normalize("/members?a=b").expect("valid");
+        let moved = Some("https://localhost:4000/.ory/self-service/login/browser?aal=aal2&flow=1".to_string());
+        assert_eq!(
+            aal2_redirect(&public(), &target, moved),
+            "https://localhost:4000/.ory/self-service/login/browser?aal=aal2&flow=1&return_to=\
+             https%3A%2F%2Flocalhost%3A4000%2Fmembers%3Fa%3Db"
+        );
+        for off_site in [Some("https://evil.test/.ory/x".to_string()), Some("https://localhost:4000/x".into()), None] {
+            assert_eq!(
+                aal2_redirect(&public(), &target, off_site),
+                "https://localhost:4000/.ory/self-service/login/browser?aal=aal2&return_to=\
+                 https%3A%2F%2Flocalhost%3A4000%2Fmembers%3Fa%3Db"
+            );
+        }
+    }
+
+    #[test]
+    fn origins_parse_exactly() {
+        let cases = [
+            ("https://LocalHost:4000", "https://localhost:4000"),
+            ("HTTP://example.com:80", "http://example.com"),
+            ("http://[0:0:0:0:0:0:0:1]:4000", "http://[::1]:4000"),
+            // An `Origin` keeps a trailing dot: browsers tell such origins apart.
+            ("http://app.test.:3000", "http://app.test.:3000"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(Origin::parse(text).map(|origin| origin.to_string()).as_deref(), Some(expected), "{text}");
+        }
+        for text in
+            ["https://localhost:4000/", "null", "https://a@b", "https://%6cocalhost", "https://a:0", "https://a:"]
+        {
+            assert_eq!(Origin::parse(text), None, "{text}");
+        }
+        assert_eq!(
+            Origin::parse("https://example.com:8443").map(|origin| origin.authority()).as_deref(),
+            Some("example.com:8443")
+        );
+        assert_eq!(public().authority(), "localhost:4000");
     }
 }

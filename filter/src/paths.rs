@@ -100,42 +100,31 @@ impl fmt::Display for NormalizedPath {
 }
 
 /// Why a request target was refused; the proxy answers such a request with `400`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     /// The path is empty or does not start with `/` (`*`, absolute-form and the like).
+    #[error("the request path must start with '/'")]
     NotOriginForm,
     /// A `%` not followed by two hex digits.
+    #[error("the request path has a malformed percent-escape")]
     MalformedEscape,
     /// `%2F` or `%5C`: an encoded separator, which apps disagree about.
+    #[error("the request path has an encoded slash or backslash (%2F, %5C)")]
     EncodedSeparator,
     /// `%25` followed by two hex digits: an escape encoded twice, which an app that decodes twice
     /// would read as another path.
+    #[error("the request path is percent-encoded twice (%25 followed by two hex digits, e.g. %252e)")]
     DoubleEncoded,
     /// A control character or NUL, raw or escaped.
+    #[error("the request path has a control character")]
     ControlCharacter,
     /// Percent-escapes that do not decode to valid UTF-8 (overlong forms included).
+    #[error("the request path's percent-escapes are not valid UTF-8")]
     InvalidUtf8,
     /// A `.` or `..` segment carrying `;` parameters, e.g. `/public/..;/members`.
+    #[error("the request path has a dot segment with ';' parameters")]
     DotSegmentWithParameters,
 }
-
-impl fmt::Display for PathError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PathError::NotOriginForm => "the request path must start with '/'",
-            PathError::MalformedEscape => "the request path has a malformed percent-escape",
-            PathError::EncodedSeparator => "the request path has an encoded slash or backslash (%2F, %5C)",
-            PathError::DoubleEncoded => {
-                "the request path is percent-encoded twice (%25 followed by two hex digits, e.g. %252e)"
-            }
-            PathError::ControlCharacter => "the request path has a control character",
-            PathError::InvalidUtf8 => "the request path's percent-escapes are not valid UTF-8",
-            PathError::DotSegmentWithParameters => "the request path has a dot segment with ';' parameters",
-        })
-    }
-}
-
-impl std::error::Error for PathError {}
 
 /// Normalises a request target (`:path`, query included) as described in the module docs.
 pub fn normalize(raw: &str) -> Result<NormalizedPath, PathError> {
@@ -337,16 +326,9 @@ fn canonicalize_query(raw_query: &str) -> Result<String, PathError> {
 }
 
 /// A protection rule that could not be compiled; the message names the flag and the rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct RuleError(pub String);
-
-impl fmt::Display for RuleError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for RuleError {}
 
 /// The paths that need an active session.
 ///

@@ -55,16 +55,9 @@ pub struct OryTarget {
 }
 
 /// Ory's URL could not be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Ory URL: {0}")]
 pub struct InvalidOryUrl(pub String);
-
-impl fmt::Display for InvalidOryUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid Ory URL: {}", self.0)
-    }
-}
-
-impl std::error::Error for InvalidOryUrl {}
 
 impl OryTarget {
     /// Parses Ory's public URL. Only `http` and `https` URLs with a host and without user

@@ -121,33 +121,23 @@ pub fn jwks_document(keys: &[&SigningKey]) -> Vec<u8> {
 
 /// Why a JWT could not be made. None of these should happen with a session that
 /// `session::classify_whoami` accepted; they guard against misuse.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// The session is not a JSON object.
+    #[error("the session is not a JSON object")]
     SessionNotJson,
-    /// The session has no `identity.id` string to use as `sub`.
+    /// `sub` is the identity id.
+    #[error("the session has no identity.id")]
     NoIdentityId,
     /// A token that is already expired when made is useless.
+    #[error("the token lifetime must be at least one second")]
     ZeroLifetime,
     /// `now + ttl` does not fit in a u64.
+    #[error("the token expiry overflows")]
     TimeOverflow,
     /// The signer refused (it never does for a valid P-256 key).
+    #[error("ES256 signing failed")]
     Signing,
 }
-
-impl std::fmt::Display for TokenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TokenError::SessionNotJson => "the session is not a JSON object",
-            TokenError::NoIdentityId => "the session has no identity.id",
-            TokenError::ZeroLifetime => "the token lifetime must be at least one second",
-            TokenError::TimeOverflow => "the token expiry overflows",
-            TokenError::Signing => "ES256 signing failed",
-        })
-    }
-}
-
-impl std::error::Error for TokenError {}
 
 /// The claims of the JWT the app receives (REFERENCE §1.5, plus `aud` when configured).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -287,17 +277,8 @@ pub fn sign_jwt(
 
 /// Formats 16 random bytes as a version 4 UUID (RFC 9562 §5.4), for `jti`. The bytes come from
 /// the caller so that this stays a pure function.
-pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
-    bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
-    bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10xx
-    let mut out = String::with_capacity(36);
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push_str(&format!("{byte:02x}"));
-    }
-    out
+pub fn uuid_v4(bytes: [u8; 16]) -> String {
+    uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().to_string()
 }
 
 /// A fresh random `jti`. Inside wasm32-wasip1 the bytes come from the host's `random_get`.

@@ -5,16 +5,12 @@
 //! upstream's `101` to the client even when the request asked for no switch), so the filter
 //! decides itself.
 
-use crate::decide::{error_json, json_reply};
-use crate::endpoints::LocalResponse;
+use crate::headers::header;
+use crate::reply::{LocalResponse, error_reply};
 
 /// Whether `value`, a comma-separated list of tokens, holds `token` (case-insensitively).
 fn has_token(value: Option<&str>, token: &str) -> bool {
     value.is_some_and(|value| value.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 /// Whether a request asks to open a WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
@@ -32,16 +28,13 @@ pub fn refused_switch(asked_for_websocket: bool, response: &[(String, String)]) 
         return None;
     }
     let reason = "the upstream switched protocols without being asked to";
-    Some(json_reply(502, error_json(502, "Bad Gateway", reason, "The upstream answered wrongly")))
+    Some(error_reply(502, reason, "The upstream answered wrongly"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
+    use crate::headers::tests::h;
 
     #[test]
     fn only_a_websocket_asked_for_may_switch() {

@@ -45,7 +45,7 @@ pub use model::IdentitySeed;
 use model::{AuthMethod, Flow, Identity, SeedFile, Session};
 
 use crate::http::{ServerHandle, bind_loopback, spawn_server};
-use crate::util::{ReturnToPolicy, parse_duration, random_token, trim_trailing_slash};
+use crate::util::{ReturnToPolicy, hex, parse_duration, random_token, trim_trailing_slash};
 
 /// The identity the stand-in knows unless told otherwise.
 pub const DEMO_EMAIL: &str = "demo@example.com";
@@ -717,8 +717,4 @@ impl RunningStandin {
     pub async fn wait(self) {
         self.server.wait().await;
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

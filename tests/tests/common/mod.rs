@@ -248,5 +248,5 @@ pub async fn browser_login(
 /// Lower-case hex SHA-256.
 pub fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    ory_proxy_tests::util::hex(&sha2::Sha256::digest(s.as_bytes()))
 }
