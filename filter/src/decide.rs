@@ -13,7 +13,9 @@ use crate::cors::{CorsPolicy, is_preflight, strip_upstream_cors};
 use crate::endpoints::LocalResponse;
 use crate::forwarded::{app_forwarding_headers, ory_request_headers, sanitize_request_headers};
 use crate::negotiate::{ClientKind, client_kind, unauthorized_json};
-use crate::origin::{LOGIN_BROWSER_PATH, Origin, login_redirect, proxy_origin};
+#[cfg(doc)]
+use crate::origin::proxy_origin;
+use crate::origin::{LOGIN_BROWSER_PATH, Origin, login_redirect};
 use crate::paths::{NormalizedPath, normalize};
 use crate::rewrite::{
     self, BodyRewrite, STRICT_TRANSPORT_SECURITY, needs_body_rewrite, ory_route, rewrite_location_at,
@@ -78,19 +80,15 @@ pub fn cors_policy(config: &OryConfig, origin: &Origin) -> CorsPolicy {
     policy
 }
 
-/// Decides what to do with a request. `client_address` is the peer (`ip:port`), for
-/// `X-Forwarded-For`.
+/// Decides what to do with a request. `origin` is the proxy origin the client used
+/// ([`proxy_origin`] of its `:scheme` and `:authority`, which the glue computes once per request);
+/// `client_address` is the peer (`ip:port`), for `X-Forwarded-For`.
 pub fn decide_request(
     config: &OryConfig,
+    origin: Origin,
     headers: &[(String, String)],
     client_address: Option<&str>,
 ) -> RequestDecision {
-    let origin = proxy_origin(
-        header(headers, ":scheme"),
-        header(headers, ":authority"),
-        &config.public_origin,
-        &config.proxy_names,
-    );
     // Two `Host` headers are a smuggling device (RFC 9112 §3.2: answer 400). Envoy joins them
     // into one `:authority` with a comma, which no host name has.
     if header(headers, ":authority").is_some_and(|authority| authority.contains(',')) {
@@ -570,6 +568,17 @@ mod tests {
 
     fn config() -> OryConfig {
         config_with(json!({}))
+    }
+
+    /// The decision, with the proxy origin computed from the headers as the glue does.
+    fn decide_request(config: &OryConfig, headers: &[(String, String)], client: Option<&str>) -> RequestDecision {
+        let origin = crate::origin::proxy_origin(
+            header(headers, ":scheme"),
+            header(headers, ":authority"),
+            &config.public_origin,
+            &config.proxy_names,
+        );
+        super::decide_request(config, origin, headers, client)
     }
 
     fn h(pairs: &[(&str, &str)]) -> Headers {
