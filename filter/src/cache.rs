@@ -1,6 +1,6 @@
 //! The session and token cache, kept in proxy-wasm shared data so that every VM of a process (Envoy
-//! runs one per worker) shares it, and the per-VM table that lets concurrent requests with the same
-//! credentials share one whoami call.
+//! runs one per worker) shares it. (Concurrent requests of one VM share one whoami call by
+//! `coalesce`.)
 //!
 //! Shape: a direct-mapped table of `slots` shared-data keys. An entry lives in the slot
 //! `hash mod slots` and carries its full credentials hash, so a collision is a miss and the newer
@@ -10,8 +10,6 @@
 //!
 //! Everything here is pure over the `SharedStore` trait; the glue implements it with
 //! `get_shared_data`/`set_shared_data`.
-
-use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
@@ -503,73 +501,10 @@ fn decode(bytes: &[u8]) -> Option<Stored> {
     Some(Stored { hash, written_at_ms, expires_at_ms, entry })
 }
 
-/// Per-VM table of whoami calls in flight, so that concurrent requests with the same credentials
-/// wait for one answer instead of each asking Ory.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    waiting: HashMap<CredsHash, Vec<u32>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Joined {
-    /// No call for these credentials is in flight: the caller makes it.
-    First,
-    /// A call is in flight: the caller pauses until `complete` names it.
-    Waiting,
-}
-
-impl InFlight {
-    pub fn new() -> InFlight {
-        InFlight::default()
-    }
-
-    /// Registers `context_id` as interested in the answer for `hash`.
-    pub fn join(&mut self, hash: CredsHash, context_id: u32) -> Joined {
-        match self.waiting.get_mut(&hash) {
-            Some(contexts) => {
-                if !contexts.contains(&context_id) {
-                    contexts.push(context_id);
-                }
-                Joined::Waiting
-            }
-            None => {
-                self.waiting.insert(hash, vec![context_id]);
-                Joined::First
-            }
-        }
-    }
-
-    /// The answer for `hash` arrived (or the call failed): every context that joined, the first
-    /// included, in the order they joined. The next `join` for `hash` is `First` again.
-    pub fn complete(&mut self, hash: &CredsHash) -> Vec<u32> {
-        self.waiting.remove(hash).unwrap_or_default()
-    }
-
-    /// A waiting context went away (client gone). The call stays in flight for the others, and
-    /// later joiners still wait for it.
-    pub fn leave(&mut self, hash: &CredsHash, context_id: u32) {
-        if let Some(contexts) = self.waiting.get_mut(hash) {
-            contexts.retain(|&id| id != context_id);
-        }
-    }
-
-    pub fn is_pending(&self, hash: &CredsHash) -> bool {
-        self.waiting.contains_key(hash)
-    }
-
-    /// Calls in flight.
-    pub fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::cell::RefCell;
+    use std::collections::HashMap;
 
     use super::*;
     use crate::session::DEFAULT_SESSION_COOKIE_PREFIXES;
@@ -913,29 +848,5 @@ pub(crate) mod tests {
         let h = hash("ory_kratos_session=a");
         store_positive(&store, &a, &h, positive(T0 / 1000), T0).unwrap();
         assert_eq!(lookup(&store, &b, &h, T0), CacheLookup::Miss { previous: None });
-    }
-
-    #[test]
-    fn in_flight_calls_are_shared() {
-        let mut calls = InFlight::new();
-        let (a, b) = (hash("ory_kratos_session=a"), hash("ory_kratos_session=b"));
-        assert_eq!(calls.join(a, 1), Joined::First);
-        assert_eq!(calls.join(a, 2), Joined::Waiting);
-        assert_eq!(calls.join(a, 3), Joined::Waiting);
-        assert_eq!(calls.join(a, 3), Joined::Waiting, "joining twice is harmless");
-        assert_eq!(calls.join(b, 4), Joined::First);
-        assert_eq!(calls.len(), 2);
-        calls.leave(&a, 2);
-        assert_eq!(calls.complete(&a), vec![1, 3]);
-        assert!(!calls.is_pending(&a));
-        assert_eq!(calls.complete(&a), Vec::<u32>::new());
-        assert_eq!(calls.join(a, 5), Joined::First, "a new round after the answer");
-        // Everyone left, but the call is still out: a newcomer waits for it.
-        calls.leave(&b, 4);
-        assert!(calls.is_pending(&b));
-        assert_eq!(calls.join(b, 6), Joined::Waiting);
-        assert_eq!(calls.complete(&b), vec![6]);
-        assert_eq!(calls.complete(&a), vec![5]);
-        assert!(calls.is_empty());
     }
 }

@@ -11,7 +11,9 @@ use crate::entry::SessionResult;
 use crate::forwarded::{app_forwarding_headers, ory_request_headers, sanitize_request_headers};
 use crate::headers::{Headers, header, remove_header, set_header};
 use crate::negotiate::{ClientKind, client_kind};
-use crate::origin::{Origin, aal2_redirect, login_redirect, proxy_origin};
+#[cfg(doc)]
+use crate::origin::proxy_origin;
+use crate::origin::{Origin, aal2_redirect, login_redirect};
 use crate::paths::{NormalizedPath, normalize};
 use crate::reply::{
     LocalResponse, aal2_required, bad_request, error_reply, html_reply, internal_error, redirect, unauthorized,
@@ -71,19 +73,15 @@ pub fn cors_policy(config: &OryConfig, origin: &Origin) -> CorsPolicy {
     policy
 }
 
-/// Decides what to do with a request. `client_address` is the peer (`ip:port`), for
-/// `X-Forwarded-For`.
+/// Decides what to do with a request. `origin` is the proxy origin the client used
+/// ([`proxy_origin`] of its `:scheme` and `:authority`, which the glue computes once per request);
+/// `client_address` is the peer (`ip:port`), for `X-Forwarded-For`.
 pub fn decide_request(
     config: &OryConfig,
+    origin: Origin,
     headers: &[(String, String)],
     client_address: Option<&str>,
 ) -> RequestDecision {
-    let origin = proxy_origin(
-        header(headers, ":scheme"),
-        header(headers, ":authority"),
-        &config.public_origin,
-        &config.proxy_names,
-    );
     // Two `Host` headers are a smuggling device (RFC 9112 §3.2: answer 400). Envoy joins them
     // into one `:authority` with a comma, which no host name has.
     if header(headers, ":authority").is_some_and(|authority| authority.contains(',')) {
@@ -320,6 +318,17 @@ mod tests {
 
     fn config() -> OryConfig {
         config_with(json!({}))
+    }
+
+    /// The decision, with the proxy origin computed from the headers as the glue does.
+    fn decide_request(config: &OryConfig, headers: &[(String, String)], client: Option<&str>) -> RequestDecision {
+        let origin = crate::origin::proxy_origin(
+            header(headers, ":scheme"),
+            header(headers, ":authority"),
+            &config.public_origin,
+            &config.proxy_names,
+        );
+        super::decide_request(config, origin, headers, client)
     }
 
     fn get(pairs: &[(String, String)], name: &str) -> Option<String> {

@@ -4,6 +4,8 @@
 //! in the modules beside it, which are unit-tested natively and again inside the runner's host.
 
 pub mod cache;
+pub mod check;
+pub mod coalesce;
 pub mod config;
 pub mod cors;
 pub mod decide;
@@ -26,14 +28,13 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[cfg(target_arch = "wasm32")]
 mod glue {
-    //! The proxy-wasm side: one root context per VM (configuration, the per-VM table of whoami
-    //! calls in flight, the tick that sweeps the cache and lets open paths stop waiting) and one
-    //! HTTP context per request. Decisions are made in
-    //! `decide` and the modules it builds on; this file reads headers, calls the host and carries
-    //! the plans out.
+    //! The proxy-wasm side: one root context per VM (the configuration, the VM's table of whoami
+    //! calls in flight, and the tick that sweeps the cache, releases open paths that waited long
+    //! enough and asks again for requests whose caller went away) and one HTTP context per
+    //! request. This file reads headers, calls the host and carries out what the modules decide:
+    //! `decide` for requests and responses, `check` and `coalesce` for the session check.
 
     use std::cell::RefCell;
-    use std::collections::HashMap;
     use std::rc::Rc;
     use std::time::UNIX_EPOCH;
 
@@ -41,16 +42,18 @@ mod glue {
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 
-    use crate::cache::{self, CacheLookup, CredsHash, InFlight, Joined, Negative, Positive, SharedStore, StoreError};
+    use crate::cache::{self, CredsHash, SharedStore, StoreError};
+    use crate::check::{self, Cached};
+    use crate::coalesce::{self, Ask, Caller, Coalescer, Question, Resolution};
     use crate::config::{Config, OryConfig};
     use crate::decide::{self, AppRequest, RequestDecision, ResponseContext, SessionAction};
     use crate::endpoints;
-    use crate::entry::{self, SessionResult};
+    use crate::entry::SessionResult;
     use crate::headers::{self, HeaderEdit, header};
-    use crate::load::{self, Admission};
+    use crate::load;
     use crate::origin::{Origin, proxy_origin};
     use crate::reply::LocalResponse;
-    use crate::session::{Credentials, Session, WhoamiOutcome, classify_whoami, whoami_request_headers};
+    use crate::session::{Credentials, WhoamiOutcome, classify_whoami, whoami_request_headers};
     use crate::upgrade;
 
     /// Cache slots looked at per sweep (one sweep every `load::SLOW_TICK`).
@@ -64,52 +67,84 @@ mod glue {
     /// Per-VM state shared by the root context and every request of the VM.
     #[derive(Default)]
     struct VmState {
-        inflight: InFlight,
-        /// The whoami call in flight per credentials.
-        pending: HashMap<CredsHash, Pending>,
-        /// Requests paused until a whoami answer, by context id.
-        waiting: HashMap<u32, Rc<RefCell<Flow>>>,
-        /// Calls the root context made (for requests whose own caller went away), by token.
-        root_calls: HashMap<u32, CredsHash>,
+        /// The whoami calls in flight and the requests paused for them, each with its flow (to
+        /// resume it from whichever context the answer comes to).
+        calls: Coalescer<Rc<RefCell<Flow>>>,
         sweep_cursor: u32,
         last_sweep_ms: u64,
-    }
-
-    struct Pending {
-        creds: Credentials,
-        /// The expired cache entry whose JWT may be reused if Ory confirms the same session.
-        previous: Option<Positive>,
-        /// The request whose context made the call; None once it went away (the root then asks
-        /// again on its next tick, for the requests still waiting).
-        caller: Option<u32>,
-        root_token: Option<u32>,
     }
 
     /// What one request's callbacks need to remember.
     #[derive(Default)]
     struct Flow {
-        origin: Option<Origin>,
-        request_origin: Option<String>,
-        method: String,
-        preflight: bool,
-        local: bool,
-        ory_routed: Option<String>,
-        /// Credentials of a logout request, evicted again when its response comes.
-        logout: Option<CredsHash>,
-        app: Option<AppRequest>,
-        refresh_cookies: Vec<String>,
-        /// Paused for the whoami answer about these credentials.
-        waiting_on: Option<CredsHash>,
-        /// When an open path stops waiting and goes on without a JWT (ms; see `load`).
-        deadline_ms: Option<u64>,
-        /// The whoami call this request made (its answer comes to this context, and still fills
-        /// the cache after the request stopped waiting).
-        calling: Option<CredsHash>,
-        rewrite_body: bool,
-        content_type: Option<String>,
-        content_encoding: Option<String>,
         /// The request asked to open a WebSocket: the one protocol switch let through.
         websocket: bool,
+        path: Path,
+    }
+
+    /// The way the request took, with what its response needs.
+    #[derive(Default)]
+    enum Path {
+        /// Not decided (no request headers seen), or no Ory configured: responses pass as they are.
+        #[default]
+        Passing,
+        /// The filter answered itself: an endpoint, a refusal, or the session check's reply (with
+        /// the session refresh's cookies from Ory's answer, if any).
+        Local { seen: Seen, refresh_cookies: Vec<String> },
+        /// A CORS preflight the filter answered: its CORS headers stay.
+        Preflight { seen: Seen },
+        /// Under `/.ory/`, on its way to Ory.
+        Ory {
+            seen: Seen,
+            /// The path Ory is asked for (see `decide::OryRequest`).
+            routed: String,
+            /// The credentials of a logout, evicted again when its response comes.
+            logout: Option<CredsHash>,
+            /// Set by the response headers when the body is to be rewritten.
+            body: Option<OryBody>,
+        },
+        /// For the app, paused (or about to be) until its session is known.
+        CheckingSession { seen: Seen, app: AppRequest },
+        /// Sent on to the app after the session check, with the session refresh's cookies.
+        App { seen: Seen, refresh_cookies: Vec<String> },
+    }
+
+    /// What the response callbacks need of the request headers, read once.
+    struct Seen {
+        /// The proxy origin the client used.
+        origin: Origin,
+        /// The request's `Origin` header.
+        request_origin: Option<String>,
+        method: String,
+    }
+
+    /// An Ory response body to rewrite once it is all there, as the edited headers describe it.
+    struct OryBody {
+        content_type: Option<String>,
+        content_encoding: Option<String>,
+    }
+
+    impl Path {
+        /// What `decide::decide_response` needs; None when the response passes untouched.
+        fn response_context(&self) -> Option<ResponseContext<'_>> {
+            let (seen, preflight, local, ory_routed, refresh_cookies): (_, _, _, _, &[String]) = match self {
+                Path::Passing => return None,
+                Path::Local { seen, refresh_cookies } => (seen, false, true, None, refresh_cookies),
+                Path::Preflight { seen } => (seen, true, true, None, &[]),
+                Path::Ory { seen, routed, .. } => (seen, false, false, Some(routed.as_str()), &[]),
+                Path::CheckingSession { seen, .. } => (seen, false, false, None, &[]),
+                Path::App { seen, refresh_cookies } => (seen, false, false, None, refresh_cookies),
+            };
+            Some(ResponseContext {
+                origin: &seen.origin,
+                request_origin: seen.request_origin.as_deref(),
+                method: &seen.method,
+                preflight,
+                local,
+                ory_routed,
+                refresh_cookies,
+            })
+        }
     }
 
     struct Root {
@@ -122,45 +157,15 @@ mod glue {
         fn new(id: u32) -> Root {
             Root { id, config: None, vm: Rc::new(RefCell::new(VmState::default())) }
         }
-
-        /// Open paths that waited their time for Ory go on without a JWT; the calls they wait
-        /// for stay out, for the others and for the cache.
-        fn release_overdue(&self, ory: &OryConfig, now: u64) {
-            let due = {
-                let vm = self.vm.borrow();
-                load::overdue(vm.waiting.iter().map(|(id, flow)| (*id, flow.borrow().deadline_ms)), now)
-            };
-            if due.is_empty() {
-                return;
-            }
-            let wait = ory.load.open_path_wait.as_millis();
-            let result =
-                SessionResult::Unavailable(format!("Ory did not answer within the open-path wait ({wait} ms)"));
-            for id in due {
-                let flow = {
-                    let mut vm = self.vm.borrow_mut();
-                    let Some(flow) = vm.waiting.remove(&id) else { continue };
-                    if let Some(hash) = flow.borrow_mut().waiting_on.take() {
-                        vm.inflight.leave(&hash, id);
-                    }
-                    flow
-                };
-                flow.borrow_mut().deadline_ms = None;
-                settle(ory, id, &flow, &result, &[]);
-            }
-            let _ = hostcalls::set_effective_context(self.id);
-        }
     }
 
     impl Context for Root {
         fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _trailers: usize) {
-            let Some(ory) = self.config.as_ref().and_then(|config| config.ory.as_ref()) else { return };
-            let Some(hash) = self.vm.borrow_mut().root_calls.remove(&token_id) else { return };
+            let Some(config) = self.config.clone() else { return };
+            let Some(ory) = config.ory.as_ref() else { return };
+            let Some(resolution) = self.vm.borrow_mut().calls.answered(Caller::Root, token_id) else { return };
             let answer = read_call_response(num_headers, body_size);
-            let config = self.config.clone();
-            if let Some(config) = config {
-                resolve(&config, ory, &self.vm, hash, answer, self.id);
-            }
+            resolve(&config, ory, resolution, answer, self.id);
         }
     }
 
@@ -205,29 +210,17 @@ mod glue {
                     vm.last_sweep_ms = now;
                 }
             }
-            self.release_overdue(ory, now);
-            // Requests still waiting for a call whose caller went away: ask again, from here.
-            let orphans: Vec<(CredsHash, Credentials)> = self
-                .vm
-                .borrow()
-                .pending
-                .iter()
-                .filter(|(_, pending)| pending.caller.is_none() && pending.root_token.is_none())
-                .map(|(hash, pending)| (*hash, pending.creds.clone()))
-                .collect();
-            for (hash, creds) in orphans {
-                match dispatch_whoami(ory, &creds) {
-                    Ok(token) => {
-                        let mut vm = self.vm.borrow_mut();
-                        vm.root_calls.insert(token, hash);
-                        if let Some(pending) = vm.pending.get_mut(&hash) {
-                            pending.root_token = Some(token);
-                        }
-                    }
-                    Err(why) => {
-                        resolve(&config, ory, &self.vm, hash, CallAnswer::failed(why), self.id);
-                    }
+            let released = self.vm.borrow_mut().calls.release_overdue(now);
+            if !released.is_empty() {
+                let result = coalesce::overdue_result(&ory.load);
+                for (id, flow) in released {
+                    settle(ory, id, &flow, &result, &[]);
                 }
+                let _ = hostcalls::set_effective_context(self.id);
+            }
+            let failed = self.vm.borrow_mut().calls.redispatch(|creds| dispatch_whoami(ory, creds));
+            for (resolution, why) in failed {
+                resolve(&config, ory, resolution, CallAnswer::failed(why), self.id);
             }
         }
 
@@ -250,45 +243,17 @@ mod glue {
     }
 
     impl Context for Request {
-        fn on_http_call_response(&mut self, _token_id: u32, num_headers: usize, body_size: usize, _trailers: usize) {
+        fn on_http_call_response(&mut self, token_id: u32, num_headers: usize, body_size: usize, _trailers: usize) {
             let Some(ory) = self.config.ory.as_ref() else { return };
-            let Some(hash) = self.flow.borrow_mut().calling.take() else { return };
-            // Only the call still pending for these credentials counts (the root may have asked
-            // again after this request went away, or the answer came already).
-            let current = self.vm.borrow().pending.get(&hash).is_some_and(|pending| pending.caller == Some(self.id));
-            if !current {
+            let Some(resolution) = self.vm.borrow_mut().calls.answered(Caller::Request(self.id), token_id) else {
                 return;
-            }
+            };
             let answer = read_call_response(num_headers, body_size);
-            resolve(&self.config, ory, &self.vm, hash, answer, self.id);
+            resolve(&self.config, ory, resolution, answer, self.id);
         }
 
         fn on_done(&mut self) -> bool {
-            let (waiting_on, calling) = {
-                let mut flow = self.flow.borrow_mut();
-                (flow.waiting_on.take(), flow.calling.take())
-            };
-            let Some(hash) = waiting_on.or(calling) else { return true };
-            let mut vm = self.vm.borrow_mut();
-            if waiting_on.is_some() {
-                vm.waiting.remove(&self.id);
-                vm.inflight.leave(&hash, self.id);
-            }
-            let still_waiting = vm.waiting.values().any(|flow| flow.borrow().waiting_on == Some(hash));
-            let caller = vm.pending.get(&hash).and_then(|pending| pending.caller);
-            if still_waiting {
-                if caller == Some(self.id)
-                    && let Some(pending) = vm.pending.get_mut(&hash)
-                {
-                    // Hosts cancel a gone request's calls: the root asks again for the others.
-                    pending.caller = None;
-                }
-            } else if caller.is_none_or(|caller| caller == self.id) {
-                // Nobody needs the answer and no live request will get it: the call is over
-                // (it no longer counts against the bound), and the next request asks afresh.
-                vm.inflight.complete(&hash);
-                vm.pending.remove(&hash);
-            }
+            self.vm.borrow_mut().calls.gone(self.id);
             true
         }
     }
@@ -297,67 +262,58 @@ mod glue {
         fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
             let headers = read_map(MapType::HttpRequestHeaders);
             self.flow.borrow_mut().websocket = upgrade::asks_for_websocket(&headers);
-            let method = header(&headers, ":method").unwrap_or_default().to_string();
-            let path = header(&headers, ":path").unwrap_or_default().to_string();
+            let method = header(&headers, ":method").unwrap_or_default();
+            let path = header(&headers, ":path").unwrap_or_default();
             let config = self.config.clone();
             let Some(ory) = config.ory.as_ref() else {
                 // JWKS only.
-                return match endpoints::answer(&self.config, &method, &path) {
-                    Some(response) => {
-                        self.flow.borrow_mut().local = true;
-                        send_reply(&response)
-                    }
+                return match endpoints::answer(&config, method, path) {
+                    Some(response) => send_reply(&response),
                     None => Action::Continue,
                 };
             };
-            {
-                let mut flow = self.flow.borrow_mut();
-                flow.origin = Some(proxy_origin(
+            let seen = Seen {
+                origin: proxy_origin(
                     header(&headers, ":scheme"),
                     header(&headers, ":authority"),
                     &ory.public_origin,
                     &ory.proxy_names,
-                ));
-                flow.request_origin = header(&headers, "origin").map(str::to_string);
-                flow.method = method.clone();
-            }
-            if let Some(response) = endpoints::answer(&self.config, &method, &path) {
-                self.flow.borrow_mut().local = true;
+                ),
+                request_origin: header(&headers, "origin").map(str::to_string),
+                method: method.to_string(),
+            };
+            if let Some(response) = endpoints::answer(&config, method, path) {
+                self.flow.borrow_mut().path = Path::Local { seen, refresh_cookies: Vec::new() };
                 return send_reply(&response);
             }
             let client = hostcalls::get_property(vec!["source", "address"])
                 .ok()
                 .flatten()
                 .map(|bytes| String::from_utf8_lossy(&bytes).into_owned());
-            match decide::decide_request(ory, &headers, client.as_deref()) {
+            match decide::decide_request(ory, seen.origin.clone(), &headers, client.as_deref()) {
                 RequestDecision::Reply(response) => {
-                    self.flow.borrow_mut().local = true;
+                    self.flow.borrow_mut().path = Path::Local { seen, refresh_cookies: Vec::new() };
                     send_reply(&response)
                 }
                 RequestDecision::Preflight(response) => {
-                    let mut flow = self.flow.borrow_mut();
-                    flow.local = true;
-                    flow.preflight = true;
-                    drop(flow);
+                    self.flow.borrow_mut().path = Path::Preflight { seen };
                     send_reply(&response)
                 }
                 RequestDecision::Ory(request) => {
                     apply_edits(MapType::HttpRequestHeaders, &headers, &request.headers);
-                    let mut flow = self.flow.borrow_mut();
-                    flow.ory_routed = Some(request.routed);
-                    if request.logout {
-                        let creds = Credentials::from_headers(&headers, &ory.session_cookie_prefixes);
-                        if !creds.is_empty() {
-                            let hash = CredsHash::of(&creds);
-                            evict(ory, &hash);
-                            flow.logout = Some(hash);
-                        }
-                    }
+                    let logout =
+                        request.logout.then(|| Credentials::from_headers(&headers, &ory.session_cookie_prefixes));
+                    let logout = logout.filter(|creds| !creds.is_empty()).map(|creds| {
+                        let hash = CredsHash::of(&creds);
+                        evict(ory, &hash);
+                        hash
+                    });
+                    self.flow.borrow_mut().path = Path::Ory { seen, routed: request.routed, logout, body: None };
                     Action::Continue
                 }
                 RequestDecision::App(request) => {
                     apply_edits(MapType::HttpRequestHeaders, &headers, &request.headers);
-                    self.check_session(ory, request)
+                    self.check_session(ory, seen, request)
                 }
             }
         }
@@ -370,25 +326,19 @@ mod glue {
             }
             let Some(ory) = self.config.ory.as_ref() else { return Action::Continue };
             let mut flow = self.flow.borrow_mut();
-            let Some(origin) = flow.origin.clone() else { return Action::Continue };
-            if let Some(hash) = flow.logout {
-                evict(ory, &hash);
+            let Some(context) = flow.path.response_context() else { return Action::Continue };
+            if let Path::Ory { logout: Some(hash), .. } = &flow.path {
+                evict(ory, hash);
             }
-            let context = ResponseContext {
-                origin: &origin,
-                request_origin: flow.request_origin.as_deref(),
-                method: &flow.method,
-                preflight: flow.preflight,
-                local: flow.local,
-                ory_routed: flow.ory_routed.as_deref(),
-                refresh_cookies: &flow.refresh_cookies,
-            };
             let decision = decide::decide_response(ory, &context, &headers);
             apply_edits(MapType::HttpResponseHeaders, &headers, &decision.headers);
-            if decision.rewrite_body {
-                flow.rewrite_body = true;
-                flow.content_type = header(&decision.headers, "content-type").map(str::to_string);
-                flow.content_encoding = header(&decision.headers, "content-encoding").map(str::to_string);
+            if decision.rewrite_body
+                && let Path::Ory { body, .. } = &mut flow.path
+            {
+                *body = Some(OryBody {
+                    content_type: header(&decision.headers, "content-type").map(str::to_string),
+                    content_encoding: header(&decision.headers, "content-encoding").map(str::to_string),
+                });
             }
             Action::Continue
         }
@@ -396,22 +346,19 @@ mod glue {
         fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
             let Some(ory) = self.config.ory.as_ref() else { return Action::Continue };
             let flow = self.flow.borrow();
-            if !flow.rewrite_body {
-                return Action::Continue;
-            }
+            let Path::Ory { seen, body: Some(rewrite), .. } = &flow.path else { return Action::Continue };
             if !end_of_stream {
                 // Buffer until the whole body is there; the host accumulates it.
                 return Action::Pause;
             }
-            let Some(origin) = flow.origin.as_ref() else { return Action::Continue };
             let body =
                 hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten().unwrap_or_default();
             if let Some(rewritten) = decide::rewrite_ory_body(
                 ory,
-                origin,
+                &seen.origin,
                 &body,
-                flow.content_type.as_deref(),
-                flow.content_encoding.as_deref(),
+                rewrite.content_type.as_deref(),
+                rewrite.content_encoding.as_deref(),
             ) && let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &rewritten)
             {
                 log::warn!("could not replace the Ory response body: {status:?}");
@@ -421,96 +368,33 @@ mod glue {
     }
 
     impl Request {
-        /// The session check of an app request: cache, then one whoami call per credentials.
-        fn check_session(&mut self, ory: &OryConfig, request: AppRequest) -> Action {
+        /// The session check of an app request: the cache, then Ory (one whoami call per
+        /// credentials in flight, shared by the requests that need it).
+        fn check_session(&mut self, ory: &OryConfig, seen: Seen, request: AppRequest) -> Action {
             let creds = decide::session_credentials(ory, &request);
             let protected = request.protected;
-            self.flow.borrow_mut().app = Some(request);
+            self.flow.borrow_mut().path = Path::CheckingSession { seen, app: request };
             if creds.is_empty() {
                 // Nothing Ory could know the client by: no session, without asking.
                 return self.finish(ory, &SessionResult::NoSession);
             }
             let hash = CredsHash::of(&creds);
             let now = now_ms();
-            let result = match cache::lookup(&HostStore, &ory.cache, &hash, now) {
-                CacheLookup::Fresh(entry) => entry::active_result(ory, &entry),
-                CacheLookup::NeedsResign(entry) if !ory.jwt.enabled => entry::active_result(ory, &entry),
-                CacheLookup::NeedsResign(entry) => {
-                    let session = Session { json: entry.session_json, identity_id: entry.identity_id };
-                    match entry::active_entry(ory, &self.config.signing_key, &session, None, now) {
-                        Ok(entry) => {
-                            let result = entry::active_result(ory, &entry);
-                            let _ = cache::store_positive(&HostStore, &ory.cache, &hash, entry, now);
-                            result
-                        }
-                        Err(why) => SessionResult::Failed(why),
-                    }
-                }
-                CacheLookup::Negative(Negative::NoSession) => SessionResult::NoSession,
-                CacheLookup::Negative(Negative::Aal2Required { redirect_browser_to }) => {
-                    SessionResult::Aal2Required { redirect_browser_to }
-                }
-                CacheLookup::Miss { previous } => return self.ask_ory(ory, hash, creds, previous, protected, now),
+            let previous = match check::cached(ory, &self.config.signing_key, &HostStore, &hash, now) {
+                Cached::Known(result) => return self.finish(ory, &result),
+                Cached::Ask { previous } => previous,
             };
-            self.finish(ory, &result)
-        }
-
-        /// Joins the whoami call in flight for these credentials, makes it, or (with the VM's
-        /// calls at their bound) goes on without asking. Open paths wait only so long.
-        fn ask_ory(
-            &mut self,
-            ory: &OryConfig,
-            hash: CredsHash,
-            creds: Credentials,
-            previous: Option<Positive>,
-            protected: bool,
-            now: u64,
-        ) -> Action {
-            let admission = {
-                let vm = self.vm.borrow();
-                load::admit(&ory.load, vm.inflight.is_pending(&hash), vm.inflight.len())
-            };
-            if admission == Admission::Busy {
-                let why = format!(
-                    "{} whoami calls are already in flight in this VM (the most it makes at once)",
-                    ory.load.max_concurrent_whoami
-                );
-                if protected {
-                    log::warn!("not asking Ory about a protected request: {why}");
-                }
-                return self.finish(ory, &SessionResult::Unavailable(why));
-            }
-            {
-                let mut flow = self.flow.borrow_mut();
-                flow.waiting_on = Some(hash);
-                flow.deadline_ms = load::wait_deadline(&ory.load, protected, now);
-            }
-            let joined = {
-                let mut vm = self.vm.borrow_mut();
-                vm.waiting.insert(self.id, self.flow.clone());
-                vm.inflight.join(hash, self.id)
-            };
-            if joined == Joined::Waiting {
-                return Action::Pause;
-            }
-            match dispatch_whoami(ory, &creds) {
-                Ok(_token) => {
-                    let pending = Pending { creds, previous, caller: Some(self.id), root_token: None };
-                    self.vm.borrow_mut().pending.insert(hash, pending);
-                    self.flow.borrow_mut().calling = Some(hash);
-                    Action::Pause
-                }
-                Err(why) => {
-                    {
-                        let mut vm = self.vm.borrow_mut();
-                        vm.inflight.complete(&hash);
-                        vm.waiting.remove(&self.id);
+            let question = Question { request: self.id, hash, creds, previous, protected, resume: self.flow.clone() };
+            let asked = self.vm.borrow_mut().calls.ask(&ory.load, question, now, |creds| dispatch_whoami(ory, creds));
+            match asked {
+                Ask::Joined | Ask::Called => Action::Pause,
+                Ask::Busy(why) => {
+                    if protected {
+                        log::warn!("not asking Ory about a protected request: {why}");
                     }
-                    {
-                        let mut flow = self.flow.borrow_mut();
-                        flow.waiting_on = None;
-                        flow.deadline_ms = None;
-                    }
+                    self.finish(ory, &SessionResult::Unavailable(why))
+                }
+                Ask::Failed(why) => {
                     log::warn!("{why}");
                     self.finish(ory, &SessionResult::Unavailable(why))
                 }
@@ -519,7 +403,7 @@ mod glue {
 
         /// Carries out the session decision for this request, inside its own callback.
         fn finish(&mut self, ory: &OryConfig, result: &SessionResult) -> Action {
-            let Some(action) = session_action_for(ory, &self.flow.borrow(), result) else { return Action::Continue };
+            let Some(action) = conclude(ory, &mut self.flow.borrow_mut(), result, &[]) else { return Action::Continue };
             match action {
                 SessionAction::Continue { authorization } => {
                     if let Some(value) = authorization {
@@ -527,25 +411,20 @@ mod glue {
                     }
                     Action::Continue
                 }
-                SessionAction::Reply(response) => {
-                    self.flow.borrow_mut().local = true;
-                    send_reply(&response)
-                }
+                SessionAction::Reply(response) => send_reply(&response),
             }
         }
     }
 
     /// A whoami answer as read from the host.
     struct CallAnswer {
-        status: Option<u16>,
-        body: Vec<u8>,
+        outcome: WhoamiOutcome,
         set_cookies: Vec<String>,
-        failure: Option<String>,
     }
 
     impl CallAnswer {
         fn failed(why: String) -> CallAnswer {
-            CallAnswer { status: None, body: Vec::new(), set_cookies: Vec::new(), failure: Some(why) }
+            CallAnswer { outcome: WhoamiOutcome::Unavailable(why), set_cookies: Vec::new() }
         }
     }
 
@@ -562,64 +441,22 @@ mod glue {
             .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
             .map(|(_, value)| value.clone())
             .collect();
-        CallAnswer { status, body, set_cookies, failure: None }
+        CallAnswer { outcome: classify_whoami(status, &body), set_cookies }
     }
 
-    /// Turns a whoami answer into the result for every request waiting on it, caches it, and
+    /// Turns a whoami answer into the result for every request of its round, caches it, and
     /// resumes (or answers) each of them. `current` is the context the host is running now.
     fn resolve(
         config: &Config,
         ory: &OryConfig,
-        vm: &Rc<RefCell<VmState>>,
-        hash: CredsHash,
+        resolution: Resolution<Rc<RefCell<Flow>>>,
         answer: CallAnswer,
         current: u32,
     ) {
-        let (waiters, pending) = {
-            let mut vm = vm.borrow_mut();
-            (vm.inflight.complete(&hash), vm.pending.remove(&hash))
-        };
-        if let Some(token) = pending.as_ref().and_then(|pending| pending.root_token) {
-            vm.borrow_mut().root_calls.remove(&token);
-        }
-        let now = now_ms();
-        let outcome = match answer.failure {
-            Some(why) => WhoamiOutcome::Unavailable(why),
-            None => classify_whoami(answer.status, &answer.body),
-        };
-        let result = match outcome {
-            WhoamiOutcome::Active(session) => {
-                let previous = pending.as_ref().and_then(|pending| pending.previous.as_ref());
-                match entry::active_entry(ory, &config.signing_key, &session, previous, now) {
-                    Ok(entry) => {
-                        let result = entry::active_result(ory, &entry);
-                        let _ = cache::store_positive(&HostStore, &ory.cache, &hash, entry, now);
-                        result
-                    }
-                    Err(why) => SessionResult::Failed(why),
-                }
-            }
-            WhoamiOutcome::NoSession => {
-                let _ = cache::store_negative(&HostStore, &ory.cache, &hash, Negative::NoSession, now);
-                SessionResult::NoSession
-            }
-            WhoamiOutcome::Aal2Required { redirect_browser_to } => {
-                let negative = Negative::Aal2Required { redirect_browser_to: redirect_browser_to.clone() };
-                let _ = cache::store_negative(&HostStore, &ory.cache, &hash, negative, now);
-                SessionResult::Aal2Required { redirect_browser_to }
-            }
-            WhoamiOutcome::Unavailable(why) => {
-                log::warn!("Ory could not be asked about a session: {why}");
-                SessionResult::Unavailable(why)
-            }
-        };
-        for id in waiters {
-            let Some(flow) = vm.borrow_mut().waiting.remove(&id) else { continue };
-            {
-                let mut flow = flow.borrow_mut();
-                flow.waiting_on = None;
-                flow.deadline_ms = None;
-            }
+        let previous = resolution.previous.as_ref();
+        let result =
+            check::answered(ory, &config.signing_key, &HostStore, &resolution.hash, answer.outcome, previous, now_ms());
+        for (id, flow) in resolution.resumed {
             settle(ory, id, &flow, &result, &answer.set_cookies);
         }
         let _ = hostcalls::set_effective_context(current);
@@ -631,12 +468,7 @@ mod glue {
         if hostcalls::set_effective_context(id).is_err() {
             return;
         }
-        let action = {
-            let mut flow = flow.borrow_mut();
-            flow.refresh_cookies.extend(set_cookies.iter().cloned());
-            let Some(action) = session_action_for(ory, &flow, result) else { return };
-            action
-        };
+        let Some(action) = conclude(ory, &mut flow.borrow_mut(), result, set_cookies) else { return };
         match action {
             SessionAction::Continue { authorization } => {
                 if let Some(value) = authorization {
@@ -645,24 +477,41 @@ mod glue {
                 let _ = hostcalls::resume_http_request();
             }
             SessionAction::Reply(response) => {
-                flow.borrow_mut().local = true;
                 send_reply(&response);
             }
         }
     }
 
-    /// What a request does with the session check's result (in the request's own context): the
-    /// decision, a warning when an unprotected request goes on without a JWT, and the result
-    /// noted for hosts that keep an access log (the runner does).
-    fn session_action_for(ory: &OryConfig, flow: &Flow, result: &SessionResult) -> Option<SessionAction> {
-        let request = flow.app.as_ref()?;
+    /// Ends a request's session check with `result` (in the request's own context): the decision,
+    /// the path it takes from here, a warning when an unprotected request goes on without a JWT,
+    /// and the result noted for hosts that keep an access log (the runner does). None when the
+    /// request is not checking a session.
+    fn conclude(
+        ory: &OryConfig,
+        flow: &mut Flow,
+        result: &SessionResult,
+        set_cookies: &[String],
+    ) -> Option<SessionAction> {
+        let (seen, request) = match std::mem::take(&mut flow.path) {
+            Path::CheckingSession { seen, app } => (seen, app),
+            other => {
+                flow.path = other;
+                return None;
+            }
+        };
         let _ = hostcalls::set_property(vec!["access_log", "session"], Some(result.label().as_bytes()));
         if let SessionResult::Unavailable(why) | SessionResult::Failed(why) = result
             && !request.protected
         {
             log::warn!("session check failed, continuing without a JWT: {why}");
         }
-        Some(decide::session_action(ory, request, result))
+        let action = decide::session_action(ory, &request, result);
+        let refresh_cookies = set_cookies.to_vec();
+        flow.path = match action {
+            SessionAction::Continue { .. } => Path::App { seen, refresh_cookies },
+            SessionAction::Reply(_) => Path::Local { seen, refresh_cookies },
+        };
+        Some(action)
     }
 
     fn dispatch_whoami(ory: &OryConfig, creds: &Credentials) -> Result<u32, String> {
