@@ -827,8 +827,7 @@ fn goals(results: &Results, module_bytes: usize) -> String {
     let runner_cached = format!("{RUNNER_OURS}, {CACHED}");
     let envoy_cached = format!("{ENVOY_OURS}, {CACHED}");
     let runner_new = format!("{RUNNER_OURS}, {NEW_SESSION}");
-    let mut out =
-        String::from("The speed goals, as this run measured them:\n\n| goal | measured |\n| --- | ---: |\n");
+    let mut out = String::from("The speed goals, as this run measured them:\n\n| goal | measured |\n| --- | ---: |\n");
     let mut row = |goal: &str, measured: String| {
         let _ = writeln!(out, "| {goal} | {measured} |");
     };
