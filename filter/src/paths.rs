@@ -724,7 +724,7 @@ mod tests {
     }
     use Outcome::{Forwarded, Refused};
 
-    /// The REFERENCE.md §4 path family, against rules protecting `/members`.
+    /// Spellings of `/members` that path-confusion attacks use, against rules protecting `/members`.
     const ATTACKS: &[(&str, Outcome)] = &[
         ("/members", Forwarded { path: "/members", protected: true }),
         ("/members/x?a=b", Forwarded { path: "/members/x", protected: true }),

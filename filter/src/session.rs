@@ -1,5 +1,5 @@
 //! The session check: which request headers go to Ory's `GET /sessions/whoami`, and what its
-//! answer means (REFERENCE §1.4, §2).
+//! answer means.
 
 use serde::Deserialize;
 
@@ -10,7 +10,7 @@ pub const DEFAULT_SESSION_COOKIE_PREFIXES: &[&str] = &["ory_session_", "ory_krat
 
 /// What of one inbound request Ory could know a session by, read once from the header map: the
 /// session cookies, `X-Session-Token`, and `Authorization` when it is a bearer token (Kratos's
-/// three places, REFERENCE §2).
+/// three places).
 ///
 /// Everything else is left out: other cookies (analytics, CSRF, the app's own) and other
 /// `Authorization` schemes (Basic, API keys) are neither sent to Ory nor part of the cache key, so
@@ -243,7 +243,7 @@ mod tests {
 
     const SESSION_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/ory/session-example.json");
 
-    /// The 401 body Kratos sends for a missing or invalid session (REFERENCE §2).
+    /// The 401 body Kratos sends for a missing or invalid session.
     const UNAUTHORIZED: &str = r#"{"error":{"code":401,"status":"Unauthorized","reason":"No valid session credentials found in the request.","message":"The request could not be authorized"}}"#;
 
     fn example() -> Vec<u8> {

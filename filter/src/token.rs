@@ -139,7 +139,7 @@ pub enum TokenError {
     Signing,
 }
 
-/// The claims of the JWT the app receives (REFERENCE §1.5, plus `aud` when configured).
+/// The claims of the JWT the app receives (the claims `ory proxy` sends, plus `aud` when configured).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims<'a> {
     /// The identity id.

@@ -815,7 +815,7 @@ fn report(options: &Options, results: &Results) -> String {
     out
 }
 
-/// Issue 13's goals against this run: figures only, nothing asserted.
+/// The performance goals against this run: figures only, nothing asserted.
 fn goals(results: &Results, module_bytes: usize) -> String {
     let rps = |name: &str| results.load(name).map(|l| l.requests_per_second);
     let p50 = |name: &str| results.load(name).map(|l| l.p50_us);
