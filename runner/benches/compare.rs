@@ -101,11 +101,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn on_path(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    which::which(tool).is_ok()
 }
 
 /// 1,000 client sockets need more than the usual soft limit of 1024 open files; the proxies

@@ -25,11 +25,7 @@ pub struct SystemCommands;
 
 impl Commands for SystemCommands {
     fn exists(&self, program: &str) -> bool {
-        let Some(path) = std::env::var_os("PATH") else { return false };
-        std::env::split_paths(&path).any(|dir| {
-            let candidate = dir.join(program);
-            candidate.is_file() || (cfg!(windows) && candidate.with_extension("exe").is_file())
-        })
+        which::which(program).is_ok()
     }
 
     fn run(&self, program: &str, args: &[String]) -> std::io::Result<CommandOutput> {
