@@ -19,8 +19,8 @@ use crate::reply::{
     LocalResponse, aal2_required, bad_request, error_reply, html_reply, internal_error, redirect, unauthorized,
 };
 use crate::rewrite::{
-    self, BodyRewrite, STRICT_TRANSPORT_SECURITY, needs_body_rewrite, ory_route, rewrite_location_at,
-    rewrite_set_cookie,
+    self, BodyRewrite, STRICT_TRANSPORT_SECURITY, needs_body_rewrite, ory_accept_encoding, ory_route,
+    rewrite_location_at, rewrite_set_cookie,
 };
 use crate::session::Credentials;
 use crate::token::claims_to_be_ours;
@@ -116,6 +116,13 @@ pub fn decide_request(
         for (name, value) in ory_request_headers(&origin, config.project_api_key.as_deref()) {
             set_header(&mut out, &name, &value);
         }
+        // Ory's bodies are rewritten on the way back: it may only answer in a coding that can be.
+        let offered: Vec<&str> = headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("accept-encoding"))
+            .map(|(_, value)| value.as_str())
+            .collect();
+        set_header(&mut out, "accept-encoding", &ory_accept_encoding(&offered.join(",")));
         let routed_path = routed.split('?').next().unwrap_or_default();
         let logout = routed_path == LOGOUT_PATH || routed_path.starts_with(&format!("{LOGOUT_PATH}/"));
         return RequestDecision::Ory(OryRequest { headers: out, origin, routed, logout });
@@ -433,6 +440,26 @@ mod tests {
         assert!(get(&ory.headers, "x-forwarded-for").is_none());
         // Envoy routes on it: an Ory-bound request always carries the browser's scheme.
         assert_eq!(get(&ory.headers, "x-forwarded-proto").as_deref(), Some("http"));
+    }
+
+    #[test]
+    fn ory_is_asked_for_no_coding_its_bodies_could_not_be_rewritten_in() {
+        let ory_headers = |extra: &[(&str, &str)]| {
+            let decision = decide_request(&config(), &request("/.ory/self-service/login/browser", extra), None);
+            let RequestDecision::Ory(ory) = decision else { panic!("{decision:?}") };
+            ory.headers
+        };
+        let sent = ory_headers(&[("accept-encoding", "gzip, deflate, br, zstd")]);
+        assert_eq!(get(&sent, "accept-encoding").as_deref(), Some("gzip"));
+        let sent = ory_headers(&[("accept-encoding", "br"), ("accept-encoding", "identity;q=0.5, gzip;q=0.9")]);
+        assert_eq!(sent.iter().filter(|(name, _)| name == "accept-encoding").count(), 1);
+        assert_eq!(get(&sent, "accept-encoding").as_deref(), Some("identity;q=0.5, gzip;q=0.9"));
+        assert_eq!(get(&ory_headers(&[("accept-encoding", "br")]), "accept-encoding").as_deref(), Some("identity"));
+        assert_eq!(get(&ory_headers(&[]), "accept-encoding").as_deref(), Some("identity"));
+        // The app is asked as the client asked.
+        let decision = decide_request(&config(), &request("/page", &[("accept-encoding", "br")]), None);
+        let RequestDecision::App(app) = decision else { panic!("{decision:?}") };
+        assert_eq!(get(&app.headers, "accept-encoding").as_deref(), Some("br"));
     }
 
     #[test]

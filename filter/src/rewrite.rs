@@ -257,12 +257,89 @@ pub fn rewrite_set_cookie(value: &str, cookie_domain: Option<&str>, browser_http
 pub enum Encoding {
     Identity,
     Gzip,
-    Brotli,
+}
+
+/// The `Accept-Encoding` an Ory-bound request carries: the client's offer (`offered`, every
+/// value joined) kept to the codings [`rewrite_body`] can undo and redo, gzip and identity, with
+/// their q-values, so Ory never answers in a coding whose body would pass unrewritten. A `*`
+/// offers gzip at its q-value unless gzip is named. When nothing acceptable is left, `identity`.
+pub fn ory_accept_encoding(offered: &str) -> String {
+    let mut kept: Vec<(&str, Option<&str>)> = Vec::new();
+    let mut wildcard: Option<Option<&str>> = None;
+    let mut named = Vec::new();
+    for element in offered.split(',') {
+        let mut parts = element.split(';');
+        let coding = parts.next().unwrap_or_default().trim();
+        let coding = if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            "gzip"
+        } else if coding.eq_ignore_ascii_case("identity") {
+            "identity"
+        } else if coding == "*" {
+            "*"
+        } else {
+            continue;
+        };
+        let mut q = None;
+        let mut valid = true;
+        for param in parts {
+            let Some((name, value)) = param.split_once('=') else {
+                valid = false;
+                break;
+            };
+            if name.trim().eq_ignore_ascii_case("q") {
+                q = Some(value.trim());
+            }
+        }
+        // An element the client wrote wrongly, or whose q-value is not one, is not an offer.
+        if !valid || q.is_some_and(|q| !is_qvalue(q)) || named.contains(&coding) {
+            continue;
+        }
+        named.push(coding);
+        // q=0 refuses the coding: leaving it out asks Ory for no more than the client accepts.
+        if q.is_some_and(|q| q.parse::<f32>().map_or(true, |q| q <= 0.0)) {
+            continue;
+        }
+        if coding == "*" {
+            wildcard = Some(q);
+        } else {
+            kept.push((coding, q));
+        }
+    }
+    if let Some(q) = wildcard.filter(|_| !named.contains(&"gzip")) {
+        kept.push(("gzip", q));
+    }
+    if kept.is_empty() {
+        return "identity".to_owned();
+    }
+    let mut out = String::new();
+    for (coding, q) in kept {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(coding);
+        if let Some(q) = q {
+            out.push_str(";q=");
+            out.push_str(q);
+        }
+    }
+    out
+}
+
+/// RFC 9110's `qvalue`: `0` or `1`, or up to three decimals below 1 (`0.5`, `1.000`).
+fn is_qvalue(q: &str) -> bool {
+    let (whole, fraction) = q.split_once('.').unwrap_or((q, ""));
+    let digits = fraction.len() <= 3 && fraction.bytes().all(|b| b.is_ascii_digit());
+    match whole {
+        "0" => digits,
+        "1" => digits && fraction.bytes().all(|b| b == b'0'),
+        _ => false,
+    }
 }
 
 impl Encoding {
-    /// Reads a `content-encoding` value; `None` for codings not handled (deflate, zstd, several
-    /// codings stacked): such bodies pass through unchanged.
+    /// Reads a `content-encoding` value; `None` for codings not handled (br, deflate, zstd,
+    /// several codings stacked): such bodies pass through unchanged. [`ory_accept_encoding`]
+    /// keeps Ory from choosing one of them.
     pub fn from_header(value: Option<&str>) -> Option<Self> {
         let mut found = Encoding::Identity;
         for coding in value.unwrap_or_default().split(',') {
@@ -271,8 +348,6 @@ impl Encoding {
                 continue;
             } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
                 Encoding::Gzip
-            } else if coding.eq_ignore_ascii_case("br") {
-                Encoding::Brotli
             } else {
                 return None;
             };
@@ -352,7 +427,7 @@ pub enum BodyRewrite {
 }
 
 /// Replaces Ory's URL (`ory_origin`, normally [`OryTarget::base_url`]) with `replacement`
-/// (`<proxy origin>/.ory`) in a JSON, HTML or text body, under identity, gzip or brotli coding.
+/// (`<proxy origin>/.ory`) in a JSON, HTML or text body, under identity or gzip coding.
 ///
 /// Compressed bodies are decompressed (at most [`MAX_BODY_BYTES`]), rewritten and re-encoded
 /// with the same coding: `content-encoding` stays true, clients that negotiated compression keep
@@ -388,10 +463,6 @@ pub fn rewrite_body(
             Ok(bytes) => Cow::Owned(bytes),
             Err(reason) => return BodyRewrite::Unchanged(reason),
         },
-        Encoding::Brotli => match read_bounded(brotli::Decompressor::new(body, 4096)) {
-            Ok(bytes) => Cow::Owned(bytes),
-            Err(reason) => return BodyRewrite::Unchanged(reason),
-        },
     };
     let Some(rewritten) = replace_origin(&decoded, ory_origin, replacement) else {
         return BodyRewrite::Unchanged(Unchanged::NoMatch);
@@ -421,15 +492,6 @@ fn encode(bytes: &[u8], encoding: Encoding) -> Result<Vec<u8>, Unchanged> {
                 flate2::write::GzEncoder::new(Vec::with_capacity(bytes.len() / 3), flate2::Compression::default());
             encoder.write_all(bytes).map_err(|_| Unchanged::EncodeFailed)?;
             encoder.finish().map_err(|_| Unchanged::EncodeFailed)
-        }
-        Encoding::Brotli => {
-            // Quality 5: most of brotli's gain at a fraction of the CPU of quality 11, which
-            // matters inside wasm on the request path.
-            let params = brotli::enc::BrotliEncoderParams { quality: 5, lgwin: 22, ..Default::default() };
-            let mut out = Vec::with_capacity(bytes.len() / 3);
-            let mut input = bytes;
-            brotli::BrotliCompress(&mut input, &mut out, &params).map_err(|_| Unchanged::EncodeFailed)?;
-            Ok(out)
         }
     }
 }
@@ -734,11 +796,11 @@ mod tests {
         assert_eq!(Encoding::from_header(Some("identity")), Some(Encoding::Identity));
         assert_eq!(Encoding::from_header(Some("GZIP")), Some(Encoding::Gzip));
         assert_eq!(Encoding::from_header(Some("x-gzip")), Some(Encoding::Gzip));
-        assert_eq!(Encoding::from_header(Some(" br ")), Some(Encoding::Brotli));
+        assert_eq!(Encoding::from_header(Some(" br ")), None);
         assert_eq!(Encoding::from_header(Some("gzip, br")), None);
         assert_eq!(Encoding::from_header(Some("deflate")), None);
         assert_eq!(Encoding::from_header(Some("zstd")), None);
-        assert!(needs_body_rewrite(Some("text/html"), Some("br")));
+        assert!(!needs_body_rewrite(Some("text/html"), Some("br")));
         assert!(!needs_body_rewrite(Some("text/html"), Some("zstd")));
         assert!(!needs_body_rewrite(Some("image/png"), None));
         assert!(!needs_body_rewrite(None, None));
@@ -828,19 +890,6 @@ mod tests {
         out
     }
 
-    fn brotli(bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut input = bytes;
-        brotli::BrotliCompress(&mut input, &mut out, &Default::default()).expect("brotli");
-        out
-    }
-
-    fn unbrotli(bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        brotli::Decompressor::new(bytes, 4096).read_to_end(&mut out).expect("unbrotli");
-        out
-    }
-
     const FLOW: &str = r#"{"ui":{"action":"https://x.projects.oryapis.com/self-service/login?flow=1"}}"#;
     const FLOW_REWRITTEN: &str = r#"{"ui":{"action":"https://localhost:4000/.ory/self-service/login?flow=1"}}"#;
 
@@ -858,10 +907,41 @@ mod tests {
     }
 
     #[test]
-    fn brotli_body_is_rewritten_and_stays_brotli() {
-        let out = rewrite_body(&brotli(FLOW.as_bytes()), Some("application/json"), Some("br"), ORY, REPL);
-        let BodyRewrite::Replaced(bytes) = out else { panic!("not rewritten: {out:?}") };
-        assert_eq!(unbrotli(&bytes), FLOW_REWRITTEN.as_bytes());
+    fn codings_the_filter_cannot_redo_pass_unrewritten() {
+        // Whatever the bytes are, a br, zstd or deflate body is never decoded: it passes as sent.
+        for coding in ["br", "zstd", "deflate", "BR", "gzip, br"] {
+            assert!(!needs_body_rewrite(Some("application/json"), Some(coding)), "{coding}");
+            assert_eq!(
+                rewrite_body(FLOW.as_bytes(), Some("application/json"), Some(coding), ORY, REPL),
+                BodyRewrite::Unchanged(Unchanged::UnknownEncoding),
+                "{coding}"
+            );
+        }
+    }
+
+    #[test]
+    fn ory_is_asked_only_for_codings_the_filter_can_rewrite() {
+        let asked = |offered: &str| ory_accept_encoding(offered);
+        assert_eq!(asked("gzip, deflate, br, zstd"), "gzip");
+        assert_eq!(asked("br;q=1.0, gzip;q=0.8, *;q=0.1"), "gzip;q=0.8");
+        assert_eq!(asked("x-gzip, identity;q=0.5"), "gzip, identity;q=0.5");
+        assert_eq!(asked("GZIP;Q=0.7"), "gzip;q=0.7");
+        // Nothing the filter can rewrite, or nothing at all: Ory answers uncompressed.
+        assert_eq!(asked("br"), "identity");
+        assert_eq!(asked("br, zstd"), "identity");
+        assert_eq!(asked(""), "identity");
+        // A refused coding stays refused; a wildcard offers gzip unless gzip was named.
+        assert_eq!(asked("gzip;q=0, br"), "identity");
+        assert_eq!(asked("*"), "gzip");
+        assert_eq!(asked("*;q=0.3, br"), "gzip;q=0.3");
+        assert_eq!(asked("gzip;q=0, *"), "identity");
+        assert_eq!(asked("*;q=0"), "identity");
+        // Malformed q-values and repeats are not offers (the first of a repeat counts).
+        assert_eq!(asked("gzip;q=2, identity;q=abc"), "identity");
+        assert_eq!(asked("gzip;q=0.5, gzip"), "gzip;q=0.5");
+        assert_eq!(asked("gzip;level"), "identity");
+        assert_eq!(asked("gzip;q=0.1234"), "identity");
+        assert_eq!(asked("identity;q=1.000, gzip;q=0.001"), "identity;q=1.000, gzip;q=0.001");
     }
 
     #[test]
@@ -878,10 +958,6 @@ mod tests {
         );
         assert_eq!(
             rewrite_body(flow, Some("application/json"), Some("gzip"), ORY, REPL),
-            BodyRewrite::Unchanged(Unchanged::Undecodable)
-        );
-        assert_eq!(
-            rewrite_body(flow, Some("application/json"), Some("br"), ORY, REPL),
             BodyRewrite::Unchanged(Unchanged::Undecodable)
         );
         assert_eq!(
@@ -902,11 +978,6 @@ mod tests {
         assert!(bomb.len() < 100_000);
         assert_eq!(
             rewrite_body(&bomb, Some("text/html"), Some("gzip"), ORY, REPL),
-            BodyRewrite::Unchanged(Unchanged::TooLarge)
-        );
-        let bomb = brotli(&big);
-        assert_eq!(
-            rewrite_body(&bomb, Some("text/html"), Some("br"), ORY, REPL),
             BodyRewrite::Unchanged(Unchanged::TooLarge)
         );
         assert_eq!(rewrite_body(&big, Some("text/html"), None, ORY, REPL), BodyRewrite::Unchanged(Unchanged::TooLarge));

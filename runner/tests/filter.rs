@@ -1186,6 +1186,44 @@ fn gzip_bodies_are_rewritten_and_stay_gzip() {
 }
 
 #[test]
+fn ory_is_asked_only_for_codings_the_filter_can_rewrite() {
+    let mut h = harness();
+    for (offered, asked) in
+        [("gzip, deflate, br, zstd", "gzip"), ("br;q=1.0, gzip;q=0.5", "gzip;q=0.5"), ("br, zstd", "identity")]
+    {
+        let id = get(&mut h, "/.ory/self-service/login/browser", &[BROWSER, ("accept-encoding", offered)]);
+        let r = h.recorded(id);
+        assert_eq!(r.upstream_header("accept-encoding"), Some(asked), "{offered}");
+    }
+    let id = get(&mut h, "/.ory/self-service/login/browser", &[BROWSER]);
+    assert_eq!(h.recorded(id).upstream_header("accept-encoding"), Some("identity"));
+}
+
+#[test]
+fn a_brotli_body_from_ory_passes_unrewritten() {
+    let mut h = harness();
+    // Ory was not asked for br, but a body in it (or any coding the filter cannot redo) is sent
+    // on byte for byte: the filter never decodes it.
+    let body = format!(r#"{{"ui":{{"action":"{ORY}/self-service/login?flow=3"}}}}"#);
+    let id = get(&mut h, "/.ory/self-service/login/flows?id=3", &[API, ("accept-encoding", "br")]);
+    h.respond(
+        id,
+        200,
+        &[
+            ("content-type", "application/json"),
+            ("content-encoding", "br"),
+            ("content-length", &body.len().to_string()),
+        ],
+        body.as_bytes(),
+    )
+    .unwrap();
+    let r = h.recorded(id);
+    assert_eq!(r.response_header("content-encoding"), Some("br"));
+    assert_eq!(r.response_header("content-length"), Some(body.len().to_string().as_str()));
+    assert_eq!(r.response_body, body.as_bytes());
+}
+
+#[test]
 fn responses_that_need_no_rewriting_stream_untouched() {
     let mut h = harness();
     let request = |path: &'static str| {
