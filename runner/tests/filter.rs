@@ -726,6 +726,26 @@ fn glob_and_regex_rules_protect() {
 }
 
 #[test]
+fn regex_rules_keep_perl_classes_and_case_folding_but_not_unicode_properties() {
+    let mut h = harness_with(json!({ "protect": { "regexes": [r"^/orders/\d+$", "(?i)^/caf\u{e9}/\\w+"] } }));
+    for (path, protected) in
+        [("/orders/42", true), ("/orders/x", false), ("/CAF%C3%89/menu", true), ("/cafe/menu", false)]
+    {
+        let id = get(&mut h, path, &[API]);
+        assert_eq!(!reached_app(h.recorded(id)), protected, "{path}");
+    }
+    // The module carries no Unicode property tables: such a rule is refused at start-up.
+    let config = serde_json::to_vec(&json!({
+        "signing_key": key_pem(),
+        "ory": { "url": ORY },
+        "public_url": "http://localhost:4000",
+        "protect": { "regexes": [r"^/\p{Greek}+"] },
+    }))
+    .unwrap();
+    assert!(Harness::with_config(wasm(), &config, &["ory"]).is_err());
+}
+
+#[test]
 fn jwks_is_served_before_any_session_check() {
     let mut h = harness();
     let id = get(&mut h, "/.ory/jwks.json", &[COOKIE]);
