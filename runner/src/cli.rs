@@ -197,7 +197,8 @@ pub struct LocalArgs {
     pub protect_path_glob: Vec<String>,
 
     /// Require a session for paths matching this regular expression (unanchored: write ^ and $
-    /// yourself). Repeatable.
+    /// yourself; Rust regex syntax with \d, \w, \s and (?i), but no \p{…} Unicode
+    /// properties). Repeatable.
     #[arg(long, value_name = "REGEX")]
     pub protect_path_regex: Vec<String>,
 
