@@ -120,10 +120,25 @@ impl RunningEnvoy {
             if self.admin_get("/ready").await.is_ok_and(|body| body.trim() == "LIVE")
                 && tokio::net::TcpStream::connect(self.listen).await.is_ok()
             {
-                return Ok(());
+                return self.wait_listener_idle(deadline).await;
             }
             if Instant::now() > deadline {
                 bail!("Envoy was not ready within 60s:\n{}", self.log_tail(60));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until Envoy has closed the probe connection of [`Self::wait_ready`] too: until then it
+    /// counts against `--max-connections`, and a test of the limit would lose one connection.
+    async fn wait_listener_idle(&self, deadline: Instant) -> Result<()> {
+        let stat = format!("listener.{}_{}.downstream_cx_active", self.listen.ip(), self.listen.port());
+        loop {
+            if self.stat(&stat).await? == Some(0) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("Envoy's {stat} did not drop to 0 within 60s:\n{}", self.log_tail(60));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
