@@ -10,7 +10,7 @@ use crate::cors::{CorsPolicy, is_preflight, strip_upstream_cors};
 use crate::entry::SessionResult;
 use crate::forwarded::{app_forwarding_headers, ory_request_headers, sanitize_request_headers};
 use crate::headers::{Headers, header, remove_header, set_header};
-use crate::negotiate::{ClientKind, client_kind};
+use crate::negotiate::{ClientKind, client_kind, ory_accept_encoding};
 #[cfg(doc)]
 use crate::origin::proxy_origin;
 use crate::origin::{Origin, aal2_redirect, login_redirect};
@@ -19,8 +19,8 @@ use crate::reply::{
     LocalResponse, aal2_required, bad_request, error_reply, html_reply, internal_error, redirect, unauthorized,
 };
 use crate::rewrite::{
-    self, BodyRewrite, STRICT_TRANSPORT_SECURITY, needs_body_rewrite, ory_accept_encoding, ory_route,
-    rewrite_location_at, rewrite_set_cookie,
+    self, BodyRewrite, STRICT_TRANSPORT_SECURITY, needs_body_rewrite, ory_route, rewrite_location_at,
+    rewrite_set_cookie,
 };
 use crate::session::Credentials;
 use crate::token::claims_to_be_ours;

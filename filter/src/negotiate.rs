@@ -1,4 +1,5 @@
-//! Who is asking: a browser (sent to the login page) or an API client (answered `401` in JSON).
+//! Content negotiation: who is asking — a browser (sent to the login page) or an API client
+//! (answered `401` in JSON) — and which codings Ory may answer in.
 
 /// How a request without a session on a protected path is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +128,73 @@ fn parse_accept(accept: &str) -> Vec<MediaRange> {
         .collect()
 }
 
+/// The `Accept-Encoding` an Ory-bound request carries: the client's offer (`offered`, every
+/// value joined) kept to the codings [`rewrite_body`](crate::rewrite::rewrite_body) can undo and
+/// redo, gzip and identity, with their q-values, so Ory never answers in a coding whose body
+/// would pass unrewritten. A `*` offers gzip at its q-value unless gzip is named. When nothing
+/// acceptable is left, `identity`.
+pub fn ory_accept_encoding(offered: &str) -> String {
+    let mut kept: Vec<(&str, Option<&str>)> = Vec::new();
+    let mut wildcard: Option<Option<&str>> = None;
+    let mut named = Vec::new();
+    for element in offered.split(',') {
+        let mut parts = element.split(';');
+        let coding = parts.next().unwrap_or_default().trim();
+        let coding = if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            "gzip"
+        } else if coding.eq_ignore_ascii_case("identity") {
+            "identity"
+        } else if coding == "*" {
+            "*"
+        } else {
+            continue;
+        };
+        let mut q = None;
+        let mut valid = true;
+        for param in parts {
+            let Some((name, value)) = param.split_once('=') else {
+                valid = false;
+                break;
+            };
+            if name.trim().eq_ignore_ascii_case("q") {
+                q = Some(value.trim());
+            }
+        }
+        // An element the client wrote wrongly, or whose q-value is not one, is not an offer.
+        if !valid || q.is_some_and(|q| parse_quality(q).is_none()) || named.contains(&coding) {
+            continue;
+        }
+        named.push(coding);
+        // q=0 refuses the coding: leaving it out asks Ory for no more than the client accepts.
+        if q.is_some_and(|q| parse_quality(q) == Some(0)) {
+            continue;
+        }
+        if coding == "*" {
+            wildcard = Some(q);
+        } else {
+            kept.push((coding, q));
+        }
+    }
+    if let Some(q) = wildcard.filter(|_| !named.contains(&"gzip")) {
+        kept.push(("gzip", q));
+    }
+    if kept.is_empty() {
+        return "identity".to_owned();
+    }
+    let mut out = String::new();
+    for (coding, q) in kept {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(coding);
+        if let Some(q) = q {
+            out.push_str(";q=");
+            out.push_str(q);
+        }
+    }
+    out
+}
+
 /// `qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )`, in thousandths.
 fn parse_quality(text: &str) -> Option<u16> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
@@ -191,6 +259,31 @@ mod tests {
         assert_eq!(client_kind(None, Some("XMLHttpRequest")), ClientKind::Api);
         assert_eq!(client_kind(Some("text/html"), Some(" xmlhttprequest ")), ClientKind::Api);
         assert_eq!(client_kind(None, Some("com.example.app")), ClientKind::Browser);
+    }
+
+    #[test]
+    fn ory_is_asked_only_for_codings_the_filter_can_rewrite() {
+        let asked = |offered: &str| ory_accept_encoding(offered);
+        assert_eq!(asked("gzip, deflate, br, zstd"), "gzip");
+        assert_eq!(asked("br;q=1.0, gzip;q=0.8, *;q=0.1"), "gzip;q=0.8");
+        assert_eq!(asked("x-gzip, identity;q=0.5"), "gzip, identity;q=0.5");
+        assert_eq!(asked("GZIP;Q=0.7"), "gzip;q=0.7");
+        // Nothing the filter can rewrite, or nothing at all: Ory answers uncompressed.
+        assert_eq!(asked("br"), "identity");
+        assert_eq!(asked("br, zstd"), "identity");
+        assert_eq!(asked(""), "identity");
+        // A refused coding stays refused; a wildcard offers gzip unless gzip was named.
+        assert_eq!(asked("gzip;q=0, br"), "identity");
+        assert_eq!(asked("*"), "gzip");
+        assert_eq!(asked("*;q=0.3, br"), "gzip;q=0.3");
+        assert_eq!(asked("gzip;q=0, *"), "identity");
+        assert_eq!(asked("*;q=0"), "identity");
+        // Malformed q-values and repeats are not offers (the first of a repeat counts).
+        assert_eq!(asked("gzip;q=2, identity;q=abc"), "identity");
+        assert_eq!(asked("gzip;q=0.5, gzip"), "gzip;q=0.5");
+        assert_eq!(asked("gzip;level"), "identity");
+        assert_eq!(asked("gzip;q=0.1234"), "identity");
+        assert_eq!(asked("identity;q=1.000, gzip;q=0.001"), "identity;q=1.000, gzip;q=0.001");
     }
 
     #[test]
