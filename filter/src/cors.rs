@@ -69,6 +69,29 @@ fn is_token(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// A configured origin, normalised: a plain `http(s)://host[:port]` (a trailing `/` is
+/// tolerated); `*` is refused because it cannot be combined with credentials.
+pub fn allowed_origin(origin: &str) -> Result<String, InvalidCors> {
+    let trimmed = origin.trim();
+    if trimmed == "*" {
+        return Err(InvalidCors("CORS origin \"*\" cannot be used with credentials; list the origins".into()));
+    }
+    normalise_origin(trimmed.strip_suffix('/').unwrap_or(trimmed))
+        .ok_or_else(|| InvalidCors(format!("invalid CORS origin {origin:?}: expected http(s)://host[:port]")))
+}
+
+/// A configured request header name, in lower case: a token; `*` is refused for the same reason.
+pub fn allowed_header(header: &str) -> Result<String, InvalidCors> {
+    let header = header.trim();
+    if header == "*" {
+        return Err(InvalidCors("CORS header \"*\" cannot be used with credentials; list the header names".into()));
+    }
+    if !is_token(header) {
+        return Err(InvalidCors(format!("invalid CORS header name {header:?}")));
+    }
+    Ok(header.to_ascii_lowercase())
+}
+
 impl CorsPolicy {
     /// The proxy's own origin, plus `allowed_origins` (`--allowed-cors-origins`), with
     /// `additional_headers` (`--additional-cors-headers`) allowed beside the defaults.
@@ -89,16 +112,7 @@ impl CorsPolicy {
             policy.allow_origin(origin.as_ref())?;
         }
         for header in additional_headers {
-            let header = header.as_ref().trim();
-            if header == "*" {
-                return Err(InvalidCors(
-                    "CORS header \"*\" cannot be used with credentials; list the header names".into(),
-                ));
-            }
-            if !is_token(header) {
-                return Err(InvalidCors(format!("invalid CORS header name {header:?}")));
-            }
-            let header = header.to_ascii_lowercase();
+            let header = allowed_header(header.as_ref())?;
             if !DEFAULT_ALLOWED_HEADERS.contains(&header.as_str()) && !policy.additional_headers.contains(&header) {
                 policy.additional_headers.push(header);
             }
@@ -108,12 +122,7 @@ impl CorsPolicy {
 
     /// Allows one more origin (for example another name the proxy answers to).
     pub fn allow_origin(&mut self, origin: &str) -> Result<(), InvalidCors> {
-        let trimmed = origin.trim();
-        if trimmed == "*" {
-            return Err(InvalidCors("CORS origin \"*\" cannot be used with credentials; list the origins".into()));
-        }
-        let normalised = normalise_origin(trimmed.strip_suffix('/').unwrap_or(trimmed))
-            .ok_or_else(|| InvalidCors(format!("invalid CORS origin {origin:?}: expected http(s)://host[:port]")))?;
+        let normalised = allowed_origin(origin)?;
         if !self.allowed_origins.contains(&normalised) {
             self.allowed_origins.push(normalised);
         }

@@ -373,22 +373,15 @@ impl ProtectionRules {
         }
         let mut glob_set = GlobSetBuilder::new();
         for glob in globs {
-            let compiled = GlobBuilder::new(glob)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .case_insensitive(ignore_case)
-                .build()
-                .map_err(|err| RuleError(format!("invalid --protect-path-glob {glob:?}: {}", err.kind())))?;
+            let compiled =
+                glob_builder(glob).case_insensitive(ignore_case).build().map_err(|err| invalid_glob(glob, &err))?;
             glob_set.add(compiled);
         }
         let glob_set =
             glob_set.build().map_err(|err| RuleError(format!("invalid --protect-path-glob rules: {err}")))?;
-        // Compiled one by one first so that an error names its rule.
+        // Checked one by one first so that an error names its rule.
         for regex in regexes {
-            regex::RegexBuilder::new(regex)
-                .case_insensitive(ignore_case)
-                .build()
-                .map_err(|err| RuleError(format!("invalid --protect-path-regex {regex:?}: {}", one_line(&err))))?;
+            check_regex(regex)?;
         }
         let regex_set = RegexSetBuilder::new(regexes)
             .case_insensitive(ignore_case)
@@ -428,7 +421,8 @@ impl ProtectionRules {
 }
 
 /// A prefix that can never match a normalised path is a mistake worth stopping for.
-fn check_prefix(prefix: &str) -> Result<(), RuleError> {
+/// A `--protect-path-prefix` rule, checked on its own.
+pub fn check_prefix(prefix: &str) -> Result<(), RuleError> {
     let fail = |why: &str| Err(RuleError(format!("invalid --protect-path-prefix {prefix:?}: {why}")));
     if !prefix.starts_with('/') {
         return fail("it must start with '/' (use \"/\" to protect every path)");
@@ -450,6 +444,29 @@ fn check_prefix(prefix: &str) -> Result<(), RuleError> {
 }
 
 /// regex errors span several lines (a caret under the pattern); a log line wants one.
+/// A `--protect-path-glob` rule, checked on its own (case does not change what is valid).
+pub fn check_glob(glob: &str) -> Result<(), RuleError> {
+    glob_builder(glob).build().map(drop).map_err(|err| invalid_glob(glob, &err))
+}
+
+/// A `--protect-path-regex` rule, checked on its own.
+pub fn check_regex(regex: &str) -> Result<(), RuleError> {
+    regex::Regex::new(regex)
+        .map(drop)
+        .map_err(|err| RuleError(format!("invalid --protect-path-regex {regex:?}: {}", one_line(&err))))
+}
+
+/// How every glob rule is read: `*` stays within a segment, `\` escapes.
+fn glob_builder(glob: &str) -> GlobBuilder<'_> {
+    let mut builder = GlobBuilder::new(glob);
+    builder.literal_separator(true).backslash_escape(true);
+    builder
+}
+
+fn invalid_glob(glob: &str, err: &globset::Error) -> RuleError {
+    RuleError(format!("invalid --protect-path-glob {glob:?}: {}", err.kind()))
+}
+
 fn one_line(err: &regex::Error) -> String {
     err.to_string().lines().map(str::trim).filter(|line| !line.is_empty()).collect::<Vec<_>>().join(" ")
 }

@@ -1,17 +1,16 @@
-//! The command line: flags (and the environment variables the original `ory proxy` read),
-//! turned into a [`Deployment`].
+//! The command line: flags (and the environment variables the original `ory proxy` read)
+//! parsed into typed values. Nothing here reads a file, the network or the environment beyond
+//! what clap reads; [`crate::deployment::resolve`] does that.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
+use ory_proxy_filter::config::DEFAULT_JWT_TTL_SECONDS;
 use url::Url;
 
-use crate::plan::{Deployment, Protection};
 use crate::proxy::Limits;
-use crate::{home, ory_url};
 
 const ABOUT: &str = "Put your app and Ory on one origin, and hand your app a signed JWT of every session.";
 
@@ -134,31 +133,13 @@ impl EnvoyArgs {
     pub fn options(&self) -> crate::envoy::EnvoyOptions {
         crate::envoy::EnvoyOptions { module_path: self.module_path.clone(), admin_port: self.admin_port }
     }
-
-    /// The plan `ory-proxy local` would run with these flags, for Envoy.
-    pub async fn plan(&self) -> anyhow::Result<crate::plan::Plan> {
-        if let Some(filter) = &self.local.filter {
-            bail!("--filter {}: Envoy loads the module from --module-path instead", filter.display());
-        }
-        // The Envoy listener this prints is plain HTTP (TLS is the runner's, or a load balancer's
-        // in front of Envoy): plan it as `local --no-https` would.
-        let mut local = self.local.clone();
-        local.no_https = true;
-        let mut deployment = local.deployment().await?;
-        deployment.inline_signing_key = self.inline_signing_key;
-        crate::plan::plan(&deployment)
-    }
-
-    /// That plan as Envoy YAML.
-    pub async fn bootstrap_yaml(&self) -> anyhow::Result<String> {
-        Ok(crate::envoy::bootstrap_yaml(&self.plan().await?, &self.options()))
-    }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct LocalArgs {
     /// The URL of your app, e.g. http://localhost:3000.
-    pub upstream: String,
+    #[arg(value_parser = http_url)]
+    pub upstream: Url,
 
     /// The port to listen on.
     #[arg(long, env = "PORT", default_value_t = 4000)]
@@ -170,20 +151,28 @@ pub struct LocalArgs {
     pub host: String,
 
     /// Your Ory (Network or self-hosted Kratos) public URL. ORY_KRATOS_URL is read too.
-    #[arg(long, env = "ORY_SDK_URL")]
-    pub sdk_url: Option<String>,
+    #[arg(long, env = "ORY_SDK_URL", value_parser = http_url_or_empty)]
+    pub sdk_url: Option<UrlOrEmpty>,
+
+    /// The older name of ORY_SDK_URL, read as the original `ory proxy` did.
+    #[arg(long, env = "ORY_KRATOS_URL", value_parser = http_url_or_empty, hide = true)]
+    pub kratos_url: Option<UrlOrEmpty>,
+
+    /// An Ory access token: the console is asked which project it belongs to.
+    #[arg(long, env = "ORY_ACCESS_TOKEN", hide = true, hide_env_values = true)]
+    pub access_token: Option<String>,
 
     /// Your Ory Network project slug; the project URL is https://<slug>.projects.<api endpoint>.
     #[arg(long, env = "ORY_PROJECT_SLUG")]
     pub project: Option<String>,
 
     /// The Ory API endpoint that project URLs are made from.
-    #[arg(long, env = "ORY_API_ENDPOINT", default_value = "https://oryapis.com")]
-    pub api_endpoint: String,
+    #[arg(long, env = "ORY_API_ENDPOINT", default_value = "https://oryapis.com", value_parser = http_url)]
+    pub api_endpoint: Url,
 
     /// The Ory console API, asked for the project of ORY_ACCESS_TOKEN.
-    #[arg(long, env = "ORY_CONSOLE_URL", default_value = "https://api.console.ory.sh")]
-    pub console_url: String,
+    #[arg(long, env = "ORY_CONSOLE_URL", default_value = "https://api.console.ory.sh", value_parser = http_url)]
+    pub console_url: Url,
 
     /// Require a session for paths starting with this string (a plain string prefix: /members
     /// also covers /membership). Case-sensitive, as in `ory proxy`: /members does not cover
@@ -214,18 +203,19 @@ pub struct LocalArgs {
     pub pass_client_header: Vec<String>,
 
     /// How long a JWT is valid, e.g. 60s or 5m.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub jwt_ttl: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = parse_nonzero_duration,
+          default_value_t = Duration::from_secs(DEFAULT_JWT_TTL_SECONDS).into())]
+    pub jwt_ttl: humantime::Duration,
 
     /// How long a session answer from Ory is reused, e.g. 5s. 0s asks Ory on every request.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub session_cache_ttl: Option<Duration>,
+    pub session_cache_ttl: Option<humantime::Duration>,
 
     /// At most this many whoami calls to Ory at once, per filter VM (per worker thread): beyond
     /// that, a request with an unknown session is not asked about (protected paths answer 502,
     /// others go on without a JWT). Default 32.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_concurrent_whoami: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_whoami: Option<NonZeroU32>,
 
     /// Cookies whose names start with this carry an Ory session (repeatable), for a Kratos with
     /// its own session cookie name. Default: ory_session_ (Ory Network) and ory_kratos_session.
@@ -235,8 +225,8 @@ pub struct LocalArgs {
 
     /// How long a request to an unprotected path waits for Ory's answer about its session before
     /// it goes on without a JWT (the answer still fills the cache), e.g. 300ms. Default 300ms.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub open_path_wait: Option<Duration>,
+    #[arg(long, value_name = "DURATION", value_parser = parse_nonzero_duration)]
+    pub open_path_wait: Option<humantime::Duration>,
 
     /// Sign JWTs with this key (PKCS#8 or SEC1 PEM, or a private JWK) instead of the kept one.
     #[arg(long, value_name = "FILE")]
@@ -255,8 +245,8 @@ pub struct LocalArgs {
     pub cookie_domain: Option<String>,
 
     /// Where to send users when Ory would show its welcome page (default: the proxy's URL).
-    #[arg(long, value_name = "URL")]
-    pub default_redirect_url: Option<String>,
+    #[arg(long, value_name = "URL", value_parser = http_url)]
+    pub default_redirect_url: Option<Url>,
 
     /// Origins allowed to call through the proxy with credentials (besides the proxy's own).
     #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
@@ -278,25 +268,30 @@ pub struct LocalArgs {
 
     /// How long a client may take from the first byte of an HTTP/1.1 request to the end of its
     /// headers before the connection is closed.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_nonzero_duration, help_heading = "Limits")]
-    pub request_headers_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = parse_nonzero_duration, help_heading = "Limits",
+          default_value_t = Limits::default().request_headers_timeout.into())]
+    pub request_headers_timeout: humantime::Duration,
 
     /// How long a client connection may stay open with no request on it.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_nonzero_duration, help_heading = "Limits")]
-    pub idle_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = parse_nonzero_duration, help_heading = "Limits",
+          default_value_t = Limits::default().idle_timeout.into())]
+    pub idle_timeout: humantime::Duration,
 
     /// The most client connections served at once; more are closed as they arrive.
-    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
-    pub max_connections: u32,
+    #[arg(long, value_name = "N", help_heading = "Limits",
+          default_value_t = NonZeroU32::try_from(Limits::default().max_connections as u32).unwrap_or(NonZeroU32::MIN))]
+    pub max_connections: NonZeroU32,
 
     /// The most a request's headers may take, in KiB; more is answered 431.
-    #[arg(long, value_name = "KIB", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=8192), help_heading = "Limits")]
+    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u32).range(1..=8192), help_heading = "Limits",
+          default_value_t = (Limits::default().max_request_headers_bytes / 1024) as u32)]
     pub max_request_headers_kb: u32,
 
     /// The longest your app or Ory may stay silent: waiting for response headers (then 504), and
     /// between chunks of a response body (then the response is cut short).
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_nonzero_duration, help_heading = "Limits")]
-    pub upstream_timeout: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = parse_nonzero_duration, help_heading = "Limits",
+          default_value_t = Limits::default().upstream_timeout.into())]
+    pub upstream_timeout: humantime::Duration,
 
     /// Run this proxy-wasm filter instead of the built-in one.
     #[arg(long, value_name = "FILE.wasm")]
@@ -319,148 +314,55 @@ pub struct LocalArgs {
     pub no_open: bool,
 }
 
-/// `90`, `90s`, `500ms`, `5m`, `1h`.
-fn parse_nonzero_duration(text: &str) -> Result<Duration, String> {
+/// A duration as humans write it (`500ms`, `60s`, `5m`, `1h30m`); a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<humantime::Duration, String> {
+    let text = text.trim();
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|err| format!("`{text}` is not a duration like 60s, 500ms, 5m or 1h ({err})"))?,
+    };
+    Ok(duration.into())
+}
+
+fn parse_nonzero_duration(text: &str) -> Result<humantime::Duration, String> {
     match parse_duration(text)? {
         duration if duration.is_zero() => Err("must be longer than 0s".into()),
         duration => Ok(duration),
     }
 }
 
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 60s, 500ms, 5m or 1h"))?;
-    let duration = match unit {
-        "" | "s" => Duration::from_secs(number),
-        "ms" => Duration::from_millis(number),
-        "m" => Duration::from_secs(number.saturating_mul(60)),
-        "h" => Duration::from_secs(number.saturating_mul(3600)),
-        _ => return Err(format!("`{text}` has an unknown unit: use ms, s, m or h")),
-    };
-    Ok(duration)
+/// A URL flag whose environment variable may be set but empty, which counts as not set (as
+/// with `ORY_SDK_URL=` in a compose file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlOrEmpty(pub Option<Url>);
+
+impl UrlOrEmpty {
+    pub fn url(flag: &Option<UrlOrEmpty>) -> Option<Url> {
+        flag.as_ref().and_then(|given| given.0.clone())
+    }
 }
 
-pub fn parse_url(flag: &str, text: &str) -> anyhow::Result<Url> {
-    let url =
-        Url::parse(text).with_context(|| format!("{flag}: `{text}` is not a URL (e.g. http://localhost:3000)"))?;
+fn http_url_or_empty(text: &str) -> Result<UrlOrEmpty, String> {
+    match text.trim() {
+        "" => Ok(UrlOrEmpty(None)),
+        text => http_url(text).map(|url| UrlOrEmpty(Some(url))),
+    }
+}
+
+/// An `http` or `https` URL with a host.
+pub fn http_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|err| format!("`{text}` is not a URL, e.g. http://localhost:3000 ({err})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        bail!("{flag}: `{text}` must be an http or https URL with a host");
+        return Err(format!("`{text}` must be an http or https URL with a host"));
     }
     Ok(url)
-}
-
-/// The address `--host` names: an IP address, or a name that resolves.
-fn listen_address(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
-    let trimmed = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = trimmed.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("--host: cannot resolve `{host}`"))?
-        .next()
-        .with_context(|| format!("--host: `{host}` has no address"))
-}
-
-impl LocalArgs {
-    /// Finds Ory from exactly one of `--sdk-url`/`ORY_SDK_URL`/`ORY_KRATOS_URL`,
-    /// `--project`/`ORY_PROJECT_SLUG` and `ORY_ACCESS_TOKEN`.
-    pub async fn ory_url(&self) -> anyhow::Result<Url> {
-        let sdk_url = self.sdk_url.clone().or_else(|| std::env::var("ORY_KRATOS_URL").ok());
-        let access_token = std::env::var("ORY_ACCESS_TOKEN").ok();
-        let source = ory_url::choose(sdk_url, self.project.clone(), access_token)?;
-        let api_endpoint = parse_url("--api-endpoint", &self.api_endpoint)?;
-        let console_url = parse_url("--console-url", &self.console_url)?;
-        ory_url::resolve(&source, &api_endpoint, &console_url).await
-    }
-
-    /// Checks every flag, finds Ory and reads the signing key.
-    pub async fn deployment(&self) -> anyhow::Result<Deployment> {
-        let ory_url = Some(self.ory_url().await?);
-        self.deployment_with(ory_url)
-    }
-
-    /// Checks every flag and reads the signing key, with Ory already found (or not used).
-    pub fn deployment_with(&self, ory_url: Option<Url>) -> anyhow::Result<Deployment> {
-        let upstream = parse_url("UPSTREAM", &self.upstream)?;
-        let listen = listen_address(&self.host, self.port)?;
-        let public_host = if listen.ip().is_loopback() || listen.ip().is_unspecified() {
-            "localhost".to_string()
-        } else {
-            self.host.clone()
-        };
-        let scheme = if self.no_https { "http" } else { "https" };
-        let public_url = parse_url("--host", &format!("{scheme}://{public_host}:{}", self.port))?;
-        let default_redirect_url =
-            self.default_redirect_url.as_deref().map(|url| parse_url("--default-redirect-url", url)).transpose()?;
-        if self.jwt_ttl.is_zero() {
-            bail!("--jwt-ttl must be longer than 0s");
-        }
-        let pass_client_headers = self
-            .pass_client_header
-            .iter()
-            .map(|name| ory_proxy_filter::forwarded::passable_header(name))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| anyhow::anyhow!("--pass-client-header: {err}"))?;
-        let (signing_key, _) = match &self.jwt_key {
-            Some(path) => home::read_signing_key(path)?,
-            None => home::kept_signing_key(&home::dir()?)?,
-        };
-        if self.open_path_wait.is_some_and(|wait| wait.as_millis() == 0) {
-            bail!("--open-path-wait must be at least 1ms");
-        }
-        Ok(Deployment {
-            upstream,
-            listen,
-            public_url,
-            ory_url,
-            project_api_key: self.project_api_key.clone().filter(|key| !key.is_empty()),
-            protection: Protection {
-                prefixes: self.protect_path_prefix.clone(),
-                globs: self.protect_path_glob.clone(),
-                regexes: self.protect_path_regex.clone(),
-                ignore_case: self.protect_path_ignore_case,
-            },
-            pass_client_headers,
-            jwt_enabled: !self.no_jwt,
-            jwt_ttl: self.jwt_ttl,
-            jwt_audience: self.jwt_audience.clone(),
-            session_cache_ttl: self.session_cache_ttl,
-            cookie_domain: self.cookie_domain.clone(),
-            default_redirect_url,
-            allowed_cors_origins: self.allowed_cors_origins.clone(),
-            additional_cors_headers: self.additional_cors_headers.clone(),
-            rewrite_host: self.rewrite_host,
-            upstream_ca_file: self.upstream_ca_file.clone(),
-            limits: Limits {
-                request_headers_timeout: self.request_headers_timeout,
-                idle_timeout: self.idle_timeout,
-                max_connections: self.max_connections as usize,
-                max_request_headers_bytes: self.max_request_headers_kb as usize * 1024,
-                upstream_timeout: self.upstream_timeout,
-            },
-            signing_key,
-            inline_signing_key: false,
-            max_concurrent_whoami: self.max_concurrent_whoami,
-            open_path_wait: self.open_path_wait,
-            session_cookie_prefixes: self.session_cookie.clone(),
-        })
-    }
-
-    /// The file the signing key is read from: --jwt-key, or the one kept in $ORY_PROXY_HOME.
-    pub fn signing_key_file(&self) -> anyhow::Result<PathBuf> {
-        match &self.jwt_key {
-            Some(path) => Ok(path.clone()),
-            None => Ok(home::dir()?.join(home::SIGNING_KEY_FILE)),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deployment::resolve_with;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("ory-proxy").chain(args.iter().copied()))
@@ -468,10 +370,12 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        let parsed = |text| parse_duration(text).map(Duration::from);
+        assert_eq!(parsed("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parsed("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parsed("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parsed("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parsed("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 fortnights").is_err());
     }
@@ -480,7 +384,8 @@ mod tests {
     fn local_defaults_follow_the_seed() {
         let Command::Local(args) = parse(&["local", "http://localhost:3000"]).unwrap().command else { unreachable!() };
         assert_eq!(args.host, "127.0.0.1");
-        assert_eq!(args.jwt_ttl, Duration::from_secs(60));
+        assert_eq!(Duration::from(args.jwt_ttl), Duration::from_secs(60));
+        assert_eq!(Duration::from(args.idle_timeout), Limits::default().idle_timeout);
         assert!(args.protect_path_prefix.is_empty());
         // PORT may be set in the environment of whoever runs the tests; only check it parsed.
         let _ = args.port;
@@ -513,12 +418,12 @@ mod tests {
         let base = ["local", "http://localhost:3000", "--port", "4000", "--jwt-key", key_arg];
         let Command::Local(args) = parse(&base).unwrap().command else { unreachable!() };
         assert!(!args.no_https && !args.dont_install_cert && !args.no_open);
-        assert_eq!(args.deployment_with(None).unwrap().public_url.as_str(), "https://localhost:4000/");
+        assert_eq!(resolve_with(&args, None).unwrap().public_url.as_str(), "https://localhost:4000/");
 
         let flags = [&base[..], &["--no-https", "--dont-install-cert", "--no-open"]].concat();
         let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
         assert!(args.no_https && args.dont_install_cert && args.no_open);
-        assert_eq!(args.deployment_with(None).unwrap().public_url.as_str(), "http://localhost:4000/");
+        assert_eq!(resolve_with(&args, None).unwrap().public_url.as_str(), "http://localhost:4000/");
         std::fs::remove_file(&key).unwrap();
     }
 
@@ -545,7 +450,7 @@ mod tests {
         let key_arg = key.to_str().unwrap();
         let base = ["local", "http://localhost:3000", "--jwt-key", key_arg];
         let Command::Local(args) = parse(&base).unwrap().command else { unreachable!() };
-        let deployment = args.deployment_with(None).unwrap();
+        let deployment = resolve_with(&args, None).unwrap();
         assert!(!deployment.protection.ignore_case, "case-sensitive by default");
         assert!(deployment.pass_client_headers.is_empty());
 
@@ -561,14 +466,14 @@ mod tests {
         ]
         .concat();
         let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
-        let deployment = args.deployment_with(None).unwrap();
+        let deployment = resolve_with(&args, None).unwrap();
         assert!(deployment.protection.ignore_case);
         assert_eq!(deployment.pass_client_headers, ["x-remote-user", "remote-user"]);
 
         for bad in ["X-Forwarded-User", "x-tenant", "not a name"] {
             let flags = [&base[..], &["--pass-client-header", bad]].concat();
             let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
-            let error = args.deployment_with(None).unwrap_err().to_string();
+            let error = resolve_with(&args, None).unwrap_err().to_string();
             assert!(error.starts_with("--pass-client-header: "), "{error}");
         }
         std::fs::remove_file(&key).unwrap();
@@ -576,9 +481,13 @@ mod tests {
 
     #[test]
     fn a_bad_upstream_is_a_clear_error() {
-        let Command::Local(mut args) = parse(&["local", "localhost:3000"]).unwrap().command else { unreachable!() };
-        args.jwt_key = Some("/nonexistent".into());
-        let error = args.deployment_with(None).unwrap_err().to_string();
-        assert!(error.starts_with("UPSTREAM"), "{error}");
+        let error = parse(&["local", "localhost:3000"]).unwrap_err().to_string();
+        assert!(error.contains("UPSTREAM") && error.contains("http or https URL"), "{error}");
+        let Command::Local(args) = parse(&["local", "http://x", "--sdk-url", ""]).unwrap().command else {
+            unreachable!()
+        };
+        assert_eq!(UrlOrEmpty::url(&args.sdk_url), None, "empty is not set");
+        let error = parse(&["local", "http://x", "--sdk-url", "not a url"]).unwrap_err().to_string();
+        assert!(error.contains("--sdk-url") && error.contains("not a URL"), "{error}");
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
 use url::{Host, Url};
 
-use crate::plan::{FILTER_NAME, Plan, SIGNING_KEY_ENV};
+use crate::deployment::{FILTER_NAME, Plan, SIGNING_KEY_ENV};
 use crate::proxy::{Cluster, Limits, Route};
 
 /// Where the official Envoy image (and most installs) find the module unless told otherwise.

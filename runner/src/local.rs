@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::plan::{FILTER_NAME, Plan};
+use crate::deployment::{FILTER_NAME, Plan};
 use crate::proxy::{Clusters, FilterPool, Limits, PoolOptions, Proxy, ServeOptions};
 use proxy_wasm_host::{HostEnv, Plugin, PluginSpec};
 

@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, LocalArgs};
-use ory_proxy::{home, local, plan, tls, trust};
+use ory_proxy::deployment::{self, signing_key_file};
+use ory_proxy::{home, local, tls, trust};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -44,8 +45,8 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
-    let deployment = args.deployment().await?;
-    let plan = plan::plan(&deployment)?;
+    let deployment = deployment::resolve(&args).await?;
+    let plan = deployment.plan()?;
     let wasm = match &args.filter {
         Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("--filter {}: {e}", path.display()))?,
         None => local::EMBEDDED_FILTER.to_vec(),
@@ -55,12 +56,12 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         false => Some(tls::LocalCa::load_or_create(&home::dir()?)?),
     };
     let tls = match &ca {
-        Some(ca) => Some(ca.server_config(&plan::proxy_names(&plan.listen, &plan.public_url))?),
+        Some(ca) => Some(ca.server_config(&deployment::proxy_names(&plan.listen, &plan.public_url))?),
         None => None,
     };
     let proxy = local::start_with_tls(&plan, &wasm, tls).await?;
     let address = proxy.local_addr()?;
-    if plan::is_public(&address) {
+    if deployment::is_public(&address) {
         tracing::warn!("listening on {address}: other machines can reach this proxy");
     }
     let public = plan.public_url.as_str().trim_end_matches('/');
@@ -107,12 +108,12 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
 }
 
 async fn envoy_config(args: &EnvoyArgs) -> anyhow::Result<()> {
-    let plan = args.plan().await?;
+    let plan = deployment::resolve_for_envoy(args).await?;
     let yaml = ory_proxy::envoy::bootstrap_yaml(&plan, &args.options());
     if ory_proxy::envoy::uses_demo_key(&plan) {
         tracing::warn!("signing with the published demo key: fine on a laptop, never anywhere else");
     }
-    let hint = ory_proxy::envoy::start_hint(&plan, &args.local.signing_key_file()?, args.output.as_deref());
+    let hint = ory_proxy::envoy::start_hint(&plan, &signing_key_file(&args.local)?, args.output.as_deref());
     match &args.output {
         Some(path) => {
             home::write_private(path, yaml.as_bytes())?;

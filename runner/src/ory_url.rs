@@ -14,7 +14,7 @@ use url::Url;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrySource {
     /// `--sdk-url` / `ORY_SDK_URL` / `ORY_KRATOS_URL`: any Ory Network or Kratos public URL.
-    SdkUrl(String),
+    SdkUrl(Url),
     /// `--project` / `ORY_PROJECT_SLUG`.
     Project(String),
     /// `ORY_ACCESS_TOKEN`: the console says which project it belongs to.
@@ -26,12 +26,12 @@ const WHAT_TO_SET: &str = "set one of --sdk-url (or ORY_SDK_URL) with your Ory o
 
 /// Picks the one source given; none, or more than one, is an error saying what to set.
 pub fn choose(
-    sdk_url: Option<String>,
+    sdk_url: Option<Url>,
     project: Option<String>,
     access_token: Option<String>,
 ) -> anyhow::Result<OrySource> {
     let given: Vec<OrySource> = [
-        sdk_url.filter(|v| !v.is_empty()).map(OrySource::SdkUrl),
+        sdk_url.map(OrySource::SdkUrl),
         project.filter(|v| !v.is_empty()).map(OrySource::Project),
         access_token.filter(|v| !v.is_empty()).map(OrySource::AccessToken),
     ]
@@ -108,7 +108,7 @@ pub async fn slug_for_token(console_url: &Url, token: &str) -> anyhow::Result<St
 /// The Ory public URL a source names.
 pub async fn resolve(source: &OrySource, api_endpoint: &Url, console_url: &Url) -> anyhow::Result<Url> {
     match source {
-        OrySource::SdkUrl(url) => crate::cli::parse_url("--sdk-url", url),
+        OrySource::SdkUrl(url) => Ok(url.clone()),
         OrySource::Project(slug) => project_url(slug, api_endpoint).context("--project"),
         OrySource::AccessToken(token) => {
             let slug = slug_for_token(console_url, token).await?;
@@ -127,18 +127,19 @@ mod tests {
 
     #[test]
     fn exactly_one_source() {
-        assert_eq!(choose(some("http://x"), None, None).unwrap(), OrySource::SdkUrl("http://x".into()));
+        let url = Url::parse("http://x").unwrap();
+        assert_eq!(choose(Some(url.clone()), None, None).unwrap(), OrySource::SdkUrl(url));
         assert_eq!(choose(None, some("slug"), None).unwrap(), OrySource::Project("slug".into()));
         assert_eq!(choose(None, None, some("tok")).unwrap(), OrySource::AccessToken("tok".into()));
         // Empty environment variables count as unset.
-        assert_eq!(choose(some(""), some("slug"), None).unwrap(), OrySource::Project("slug".into()));
+        assert_eq!(choose(None, some(""), some("tok")).unwrap(), OrySource::AccessToken("tok".into()));
     }
 
     #[test]
     fn none_or_several_say_what_to_set() {
         let none = choose(None, None, None).unwrap_err().to_string();
         assert!(none.contains("--sdk-url") && none.contains("ORY_PROJECT_SLUG") && none.contains("ORY_ACCESS_TOKEN"));
-        let two = choose(some("http://x"), None, some("tok")).unwrap_err().to_string();
+        let two = choose(Url::parse("http://x").ok(), None, some("tok")).unwrap_err().to_string();
         assert!(two.contains("could not decide") && two.contains("--sdk-url") && two.contains("ORY_ACCESS_TOKEN"));
     }
 

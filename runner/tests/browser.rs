@@ -144,7 +144,7 @@ async fn chromium_logs_in_and_out_through_envoy() {
         admin_port,
         listen: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
         concurrency: 2,
-        env: vec![(ory_proxy::plan::SIGNING_KEY_ENV.to_string(), key)],
+        env: vec![(ory_proxy::deployment::SIGNING_KEY_ENV.to_string(), key)],
         cpu_list: None,
         log_level: None,
     })

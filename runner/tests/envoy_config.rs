@@ -56,6 +56,8 @@ fn without_environment(local: &mut LocalArgs, flags: &[String]) {
     if !flags.iter().any(|flag| flag == "--sdk-url") {
         local.sdk_url = None;
     }
+    local.kratos_url = None;
+    local.access_token = None;
     local.project_api_key = None;
     local.project = None;
 }
@@ -81,7 +83,9 @@ fn local_args(flags: &[&str]) -> LocalArgs {
 }
 
 fn envoy_yaml(flags: &[&str]) -> String {
-    block_on(envoy_args(flags).bootstrap_yaml()).expect("a bootstrap")
+    let args = envoy_args(flags);
+    let plan = block_on(ory_proxy::deployment::resolve_for_envoy(&args)).expect("a plan");
+    ory_proxy::envoy::bootstrap_yaml(&plan, &args.options())
 }
 
 /// Finding Ory may need the network (an access token's console lookup), so it is async.
@@ -263,8 +267,8 @@ fn the_filter_configuration_is_the_runners_byte_for_byte() {
         // Envoy's listener is plain HTTP: the runner's equal is `local --no-https`.
         let mut local = local_args(&envoy_flags);
         local.no_https = true;
-        let deployment = block_on(local.deployment()).unwrap();
-        let runner = ory_proxy::plan::plan(&deployment).unwrap().filter_configuration();
+        let deployment = block_on(ory_proxy::deployment::resolve(&local)).unwrap();
+        let runner = deployment.plan().unwrap().filter_configuration();
 
         let yaml = envoy_yaml(flags);
         // Straight from the YAML, as Envoy's loader reads the StringValue ...

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use common::host::{Filter, Host, Proxy};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ory_proxy::plan::Deployment;
+use ory_proxy::deployment::Deployment;
 use ory_proxy_tests::http::{DropConnection, HttpClient, bind_loopback, read_body, response, spawn_server};
 use ory_proxy_tests::standin::{DEMO_EMAIL, Fault, FaultRule, RunningStandin, Standin, StandinConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

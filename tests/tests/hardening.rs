@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use common::app::{RecordingApp, ory_deployment};
 use common::host::{Host, Proxy};
 use http::StatusCode;
-use ory_proxy::plan::Deployment;
+use ory_proxy::deployment::Deployment;
 use ory_proxy_tests::http::HttpClient;
 use ory_proxy_tests::standin::{DEMO_EMAIL, RunningStandin, Standin, StandinConfig};
 use serde_json::{Value, json};

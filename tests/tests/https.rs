@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Version};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use ory_proxy::deployment::{self, Deployment};
 use ory_proxy::local;
-use ory_proxy::plan::{self, Deployment};
 use ory_proxy::proxy::ProxyHandle;
 use ory_proxy::tls::LocalCa;
 use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, response, spawn_server};
@@ -59,8 +59,8 @@ async fn setup(name: &str, https: bool) -> Setup {
     deployment.ory_url = Some(url);
     let scheme = if https { "https" } else { "http" };
     deployment.public_url = url::Url::parse(&format!("{scheme}://localhost:{port}")).unwrap();
-    let plan = plan::plan(&deployment).unwrap();
-    let tls = https.then(|| ca.server_config(&plan::proxy_names(&plan.listen, &plan.public_url)).unwrap());
+    let plan = deployment.plan().unwrap();
+    let tls = https.then(|| ca.server_config(&deployment::proxy_names(&plan.listen, &plan.public_url)).unwrap());
     let proxy = local::start_with_tls(&plan, local::EMBEDDED_FILTER, tls).await.unwrap().spawn().unwrap();
     Setup { dir, ca, upstream, proxy }
 }

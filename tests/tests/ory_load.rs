@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::app::{RecordingApp, ory_deployment};
 use common::host::{Host, Proxy};
 use http::StatusCode;
-use ory_proxy::plan::Deployment;
+use ory_proxy::deployment::Deployment;
 use ory_proxy_tests::http::HttpClient;
 use ory_proxy_tests::standin::{DEMO_EMAIL, Fault, FaultRule, RunningStandin, Standin, StandinConfig};
 

@@ -8,7 +8,7 @@ use common::app::{RecordingApp, ory_deployment};
 use common::host::{Host, Proxy};
 use common::{Jar, browser_login, cookie_attributes};
 use http::StatusCode;
-use ory_proxy::plan::Deployment;
+use ory_proxy::deployment::Deployment;
 use ory_proxy_tests::http::HttpClient;
 use ory_proxy_tests::standin::{DEMO_EMAIL, DEMO_PASSWORD, Fault, RunningStandin, Standin, StandinConfig};
 use serde_json::Value;

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use common::host::{Filter, Proxy};
 use http::StatusCode;
-use ory_proxy::plan::{self, SIGNING_KEY_ENV};
+use ory_proxy::deployment::SIGNING_KEY_ENV;
 use ory_proxy_tests::http::{HttpClient, bind_loopback, response, spawn_server};
 use ory_proxy_tests::standin::{DEMO_EMAIL, Standin, StandinConfig};
 use p256::pkcs8::DecodePrivateKey as _;
@@ -36,7 +36,7 @@ both_hosts! {
         deployment.ory_url = Some(url::Url::parse(&standin.url()).unwrap());
         deployment.protection.prefixes.push("/members".into());
         let key = deployment.signing_key.clone();
-        let plan = plan::plan(&deployment).unwrap();
+        let plan = deployment.plan().unwrap();
         let configuration = plan.filter_configuration();
         assert!(configuration.contains(&format!("\"signing_key_env\":\"{SIGNING_KEY_ENV}\"")), "{configuration}");
         for secret in secret_forms(&key) {
@@ -76,7 +76,7 @@ both_hosts! {
         let mut deployment = common::host::deployment("http://127.0.0.1:9");
         deployment.ory_url = Some(url::Url::parse("http://127.0.0.1:9").unwrap());
         deployment.protection.prefixes.push("/members".into());
-        let plan = plan::plan(&deployment).unwrap();
+        let plan = deployment.plan().unwrap();
         let broken = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWxvb2tpbmctYnV0LWJyb2tlbg==\n-----END PRIVATE KEY-----\n";
         let cases: [(&[(String, String)], &str); 3] = [
             (&[], "ORY_PROXY_SIGNING_KEY is not set"),

@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use ory_proxy::deployment::Deployment;
 use ory_proxy::envoy::{EnvoyOptions, Node, bootstrap, bootstrap_yaml};
-use ory_proxy::plan::{self, Deployment};
 use ory_proxy_tests::envoy::{EnvoyStart, RunningEnvoy};
 
 /// The `ory-proxy` binary cargo built for this bench.
@@ -165,7 +165,7 @@ pub async fn start(setup: &Setup) -> anyhow::Result<Proxy> {
             deployment.ory_url = Some(url::Url::parse(&setup.ory)?);
             deployment.protection.prefixes.push("/members".into());
             deployment.max_concurrent_whoami = setup.max_concurrent_whoami;
-            let plan = plan::plan(&deployment)?;
+            let plan = deployment.plan()?;
             let module = match &setup.filter {
                 Filter::Module(path) => path.clone(),
                 Filter::Ours | Filter::None => {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
-use ory_proxy::plan::Deployment;
+use ory_proxy::deployment::Deployment;
 use ory_proxy_tests::http::{ServerHandle, bind_loopback, response, spawn_server};
 
 /// Every request the app received: its URI and headers, in order.

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use ory_proxy::deployment::{Deployment, Plan};
 use ory_proxy::envoy::{EnvoyOptions, bootstrap_yaml};
 use ory_proxy::local;
-use ory_proxy::plan::{self, Deployment, Plan};
 use ory_proxy::proxy::ProxyHandle;
 use ory_proxy_tests::envoy::{EnvoyStart, RunningEnvoy};
 
@@ -90,7 +90,7 @@ impl Proxy {
 
     /// Runs `deployment` with `filter`, in `host`.
     pub async fn start_filter(host: Host, deployment: &Deployment, filter: Filter) -> Proxy {
-        let plan = plan::plan(deployment).expect("a valid deployment");
+        let plan = deployment.plan().expect("a valid deployment");
         Proxy::try_start_plan(host, &plan, filter, &plan.vm_environment)
             .await
             .unwrap_or_else(|error| panic!("{error:#}"))

@@ -1,0 +1,518 @@
+//! The one place that turns what the user asked for into a deployment: [`resolve`] reads the
+//! flags' files, finds Ory and resolves names into a [`Deployment`]; [`Deployment::plan`] turns
+//! that into the filter's configuration, the clusters and the routes. The runner runs the plan;
+//! `envoy-config` prints the same plan for Envoy, so both hosts get the same filter
+//! configuration by construction.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::num::NonZeroU64;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use ory_proxy_filter::config::{
+    CookiePrefix, CorsHeaders, CorsOrigins, DEFAULT_JWT_TTL_SECONDS, DEFAULT_ORY_CLUSTER, DEFAULT_PROXY_NAMES,
+    FilterConfig, JwtSettings, OrySettings, PassableHeader, PathGlobs, PathPrefixes, PathRegexes, Protect,
+    SessionCacheSettings,
+};
+use ory_proxy_filter::rewrite::ORY_PREFIX;
+use url::Url;
+
+use crate::cli::{EnvoyArgs, LocalArgs, UrlOrEmpty};
+use crate::proxy::{Cluster, Limits, Route};
+use crate::{home, ory_url};
+
+pub const APP_CLUSTER: &str = "app";
+pub const ORY_CLUSTER: &str = DEFAULT_ORY_CLUSTER;
+/// The filter's plugin name, root id and VM id, in the runner and in Envoy alike (Envoy shares
+/// data between the VMs of one VM id).
+pub const FILTER_NAME: &str = "ory-proxy";
+/// The environment variable of the filter's VMs that holds the signing key (the filter
+/// configuration names it in `signing_key_env` instead of carrying the key).
+pub const SIGNING_KEY_ENV: &str = "ORY_PROXY_SIGNING_KEY";
+
+/// Paths that need a session, as given on the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Protection {
+    pub prefixes: Vec<String>,
+    pub globs: Vec<String>,
+    pub regexes: Vec<String>,
+    /// Match every rule without regard to case.
+    pub ignore_case: bool,
+}
+
+impl Protection {
+    pub fn is_empty(&self) -> bool {
+        self.prefixes.is_empty() && self.globs.is_empty() && self.regexes.is_empty()
+    }
+
+    /// The filter's form of the rules; a bad rule is an error naming its flag.
+    fn to_filter(&self) -> anyhow::Result<Protect> {
+        Ok(Protect {
+            prefixes: PathPrefixes::try_from(self.prefixes.clone()).map_err(anyhow::Error::msg)?,
+            globs: PathGlobs::try_from(self.globs.clone()).map_err(anyhow::Error::msg)?,
+            regexes: PathRegexes::try_from(self.regexes.clone()).map_err(anyhow::Error::msg)?,
+            ignore_case: self.ignore_case,
+        })
+    }
+}
+
+/// Everything `ory-proxy local` (and `envoy-config`) was asked for, already read and checked.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub upstream: Url,
+    pub listen: SocketAddr,
+    /// The URL browsers use; its host is one of the proxy's names.
+    pub public_url: Url,
+    pub ory_url: Option<Url>,
+    pub project_api_key: Option<String>,
+    pub protection: Protection,
+    /// Identity headers clients may send to the app after all.
+    pub pass_client_headers: Vec<String>,
+    pub jwt_enabled: bool,
+    pub jwt_ttl: Duration,
+    pub jwt_audience: Option<String>,
+    pub session_cache_ttl: Option<Duration>,
+    pub cookie_domain: Option<String>,
+    pub default_redirect_url: Option<Url>,
+    pub allowed_cors_origins: Vec<String>,
+    pub additional_cors_headers: Vec<String>,
+    /// Send the app its own host name instead of the browser's.
+    pub rewrite_host: bool,
+    /// Trust only these CA certificates (PEM) for HTTPS upstreams.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Timeouts and sizes that bound clients and upstreams.
+    pub limits: Limits,
+    /// The ES256 key as PEM (or a private JWK).
+    pub signing_key: String,
+    /// Put the key itself into the filter configuration instead of the VMs' environment (for
+    /// proxy-wasm hosts that cannot give a VM environment variables).
+    pub inline_signing_key: bool,
+    /// At most this many whoami calls at once per VM (the filter's default when `None`).
+    pub max_concurrent_whoami: Option<u32>,
+    /// How long open paths wait for a whoami answer (the filter's default when `None`).
+    pub open_path_wait: Option<Duration>,
+    /// Prefixes of the session cookie names (the filter's defaults when empty).
+    pub session_cookie_prefixes: Vec<String>,
+}
+
+impl Deployment {
+    /// A deployment of `upstream` on `listen` with every option at its default.
+    pub fn new(upstream: Url, listen: SocketAddr, signing_key: String) -> Deployment {
+        let public_url = Url::parse(&format!("http://localhost:{}", listen.port())).expect("a valid URL");
+        Deployment {
+            upstream,
+            listen,
+            public_url,
+            ory_url: None,
+            project_api_key: None,
+            protection: Protection::default(),
+            pass_client_headers: Vec::new(),
+            jwt_enabled: true,
+            jwt_ttl: Duration::from_secs(DEFAULT_JWT_TTL_SECONDS),
+            jwt_audience: None,
+            session_cache_ttl: None,
+            cookie_domain: None,
+            default_redirect_url: None,
+            allowed_cors_origins: Vec::new(),
+            additional_cors_headers: Vec::new(),
+            rewrite_host: false,
+            upstream_ca_file: None,
+            limits: Limits::default(),
+            signing_key,
+            inline_signing_key: false,
+            max_concurrent_whoami: None,
+            open_path_wait: None,
+            session_cookie_prefixes: Vec::new(),
+        }
+    }
+}
+
+/// Finds Ory from exactly one of `--sdk-url`/`ORY_SDK_URL`/`ORY_KRATOS_URL`,
+/// `--project`/`ORY_PROJECT_SLUG` and `ORY_ACCESS_TOKEN` (asking the console for the last).
+pub async fn find_ory(args: &LocalArgs) -> anyhow::Result<Url> {
+    let sdk_url = UrlOrEmpty::url(&args.sdk_url).or_else(|| UrlOrEmpty::url(&args.kratos_url));
+    let source = ory_url::choose(sdk_url, args.project.clone(), args.access_token.clone())?;
+    ory_url::resolve(&source, &args.api_endpoint, &args.console_url).await
+}
+
+/// Finds Ory, resolves `--host` and reads the signing key: the deployment the flags ask for.
+pub async fn resolve(args: &LocalArgs) -> anyhow::Result<Deployment> {
+    let ory_url = find_ory(args).await?;
+    resolve_with(args, Some(ory_url))
+}
+
+/// [`resolve`] with Ory already found (or not used).
+pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<Deployment> {
+    let listen = listen_address(&args.host, args.port)?;
+    let public_host = if listen.ip().is_loopback() || listen.ip().is_unspecified() {
+        "localhost".to_string()
+    } else {
+        args.host.clone()
+    };
+    let scheme = if args.no_https { "http" } else { "https" };
+    let public_url = Url::parse(&format!("{scheme}://{public_host}:{}", args.port))
+        .with_context(|| format!("--host: `{}` cannot be a URL's host", args.host))?;
+    let pass_client_headers = args
+        .pass_client_header
+        .iter()
+        .map(|name| PassableHeader::try_from(name.as_str()).map(String::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| anyhow::anyhow!("--pass-client-header: {err}"))?;
+    let (signing_key, _) = match &args.jwt_key {
+        Some(path) => home::read_signing_key(path)?,
+        None => home::kept_signing_key(&home::dir()?)?,
+    };
+    Ok(Deployment {
+        upstream: args.upstream.clone(),
+        listen,
+        public_url,
+        ory_url,
+        project_api_key: args.project_api_key.clone().filter(|key| !key.is_empty()),
+        protection: Protection {
+            prefixes: args.protect_path_prefix.clone(),
+            globs: args.protect_path_glob.clone(),
+            regexes: args.protect_path_regex.clone(),
+            ignore_case: args.protect_path_ignore_case,
+        },
+        pass_client_headers,
+        jwt_enabled: !args.no_jwt,
+        jwt_ttl: args.jwt_ttl.into(),
+        jwt_audience: args.jwt_audience.clone(),
+        session_cache_ttl: args.session_cache_ttl.map(Into::into),
+        cookie_domain: args.cookie_domain.clone(),
+        default_redirect_url: args.default_redirect_url.clone(),
+        allowed_cors_origins: args.allowed_cors_origins.clone(),
+        additional_cors_headers: args.additional_cors_headers.clone(),
+        rewrite_host: args.rewrite_host,
+        upstream_ca_file: args.upstream_ca_file.clone(),
+        limits: Limits {
+            request_headers_timeout: args.request_headers_timeout.into(),
+            idle_timeout: args.idle_timeout.into(),
+            max_connections: args.max_connections.get() as usize,
+            max_request_headers_bytes: args.max_request_headers_kb as usize * 1024,
+            upstream_timeout: args.upstream_timeout.into(),
+        },
+        signing_key,
+        inline_signing_key: false,
+        max_concurrent_whoami: args.max_concurrent_whoami.map(std::num::NonZeroU32::get),
+        open_path_wait: args.open_path_wait.map(Into::into),
+        session_cookie_prefixes: args.session_cookie.clone(),
+    })
+}
+
+/// The plan `ory-proxy local` would run with the same flags, for Envoy.
+pub async fn resolve_for_envoy(args: &EnvoyArgs) -> anyhow::Result<Plan> {
+    if let Some(filter) = &args.local.filter {
+        bail!("--filter {}: Envoy loads the module from --module-path instead", filter.display());
+    }
+    // The Envoy listener this prints is plain HTTP (TLS is the runner's, or a load balancer's
+    // in front of Envoy): plan it as `local --no-https` would.
+    let mut local = args.local.clone();
+    local.no_https = true;
+    let mut deployment = resolve(&local).await?;
+    deployment.inline_signing_key = args.inline_signing_key;
+    deployment.plan()
+}
+
+/// The file the signing key is read from: --jwt-key, or the one kept in $ORY_PROXY_HOME.
+pub fn signing_key_file(args: &LocalArgs) -> anyhow::Result<PathBuf> {
+    match &args.jwt_key {
+        Some(path) => Ok(path.clone()),
+        None => Ok(home::dir()?.join(home::SIGNING_KEY_FILE)),
+    }
+}
+
+/// The address `--host` names: an IP address, or a name that resolves.
+fn listen_address(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let trimmed = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = trimmed.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("--host: cannot resolve `{host}`"))?
+        .next()
+        .with_context(|| format!("--host: `{host}` has no address"))
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub listen: SocketAddr,
+    pub public_url: Url,
+    pub clusters: Vec<Cluster>,
+    pub routes: Vec<Route>,
+    /// The CA certificates (PEM) HTTPS upstreams are verified against, instead of the usual roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    pub limits: Limits,
+    /// The filter's configuration; [`Plan::filter_configuration`] is its exact bytes.
+    pub filter: FilterConfig,
+    /// Environment variables of the filter's VMs (Envoy's `vm_config.environment_variables`):
+    /// the signing key, unless it is inlined. The runner hands them to its VMs itself; the Envoy
+    /// bootstrap names them in `host_env_keys`, so Envoy passes the values of its own process
+    /// environment and they never appear in its configuration.
+    pub vm_environment: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// The filter configuration exactly as both hosts hand it to `on_configure`.
+    pub fn filter_configuration(&self) -> String {
+        serde_json::to_string(&self.filter).expect("a FilterConfig serialises")
+    }
+
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// The signing key, wherever the plan puts it.
+    pub fn signing_key(&self) -> Option<&str> {
+        let inline = self.filter.signing_key.as_ref().and_then(serde_json::Value::as_str);
+        let from_env =
+            self.vm_environment.iter().find(|(name, _)| name == SIGNING_KEY_ENV).map(|(_, key)| key.as_str());
+        inline.or(from_env)
+    }
+}
+
+fn origin(url: &Url) -> Url {
+    let mut origin = url.clone();
+    origin.set_path("/");
+    origin.set_query(None);
+    origin.set_fragment(None);
+    origin
+}
+
+/// The host names under which this proxy answers: a request naming one of them keeps its own
+/// scheme and host in redirects; any other host is treated as spoofed.
+pub fn proxy_names(listen: &SocketAddr, public_url: &Url) -> Vec<String> {
+    let mut names: Vec<String> = DEFAULT_PROXY_NAMES.map(String::from).to_vec();
+    let listen_ip = listen.ip();
+    let public_host = public_url.host_str().map(|host| host.trim_start_matches('[').trim_end_matches(']'));
+    let more =
+        (!listen_ip.is_unspecified()).then(|| listen_ip.to_string()).into_iter().chain(public_host.map(String::from));
+    for name in more {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+impl Deployment {
+    /// The plan: clusters, routes and the filter's configuration. Checks the rules and lists
+    /// the filter would refuse, naming their flags.
+    pub fn plan(&self) -> anyhow::Result<Plan> {
+        let upstream = &self.upstream;
+        let app = Cluster::new(APP_CLUSTER, origin(upstream).as_str()).context("the upstream URL")?;
+        let mut app_route = Route::to("/", APP_CLUSTER);
+        if upstream.path() != "/" {
+            // An upstream with a path serves the app below it.
+            let base = upstream.path().trim_end_matches('/');
+            app_route.prefix_rewrite = Some(format!("{base}/"));
+        }
+        if self.rewrite_host {
+            app_route.host_rewrite = Some(app.authority());
+        }
+        let mut clusters = vec![app];
+        let mut routes = vec![app_route];
+
+        let mut filter = FilterConfig::default();
+        let vm_environment = if self.inline_signing_key {
+            filter.signing_key = Some(self.signing_key.clone().into());
+            Vec::new()
+        } else {
+            filter.signing_key_env = Some(SIGNING_KEY_ENV.to_string());
+            vec![(SIGNING_KEY_ENV.to_string(), self.signing_key.clone())]
+        };
+        if let Some(ory_url) = &self.ory_url {
+            let ory = Cluster::new(ORY_CLUSTER, origin(ory_url).as_str()).context("the Ory URL")?;
+            let base = ory_url.path().trim_end_matches('/');
+            routes.push(Route {
+                prefix: format!("{ORY_PREFIX}/"),
+                cluster: ORY_CLUSTER.into(),
+                prefix_rewrite: Some(format!("{base}/")),
+                host_rewrite: Some(ory.authority()),
+            });
+            clusters.push(ory);
+            self.fill_ory_settings(ory_url, &mut filter)?;
+        } else if !self.protection.is_empty() {
+            bail!("protecting paths needs to know where Ory is: set --sdk-url (or ORY_SDK_URL)");
+        }
+        Ok(Plan {
+            listen: self.listen,
+            public_url: self.public_url.clone(),
+            clusters,
+            routes,
+            upstream_ca_file: self.upstream_ca_file.clone(),
+            limits: self.limits,
+            filter,
+            vm_environment,
+        })
+    }
+
+    /// Everything the filter needs to know about Ory and the paths it guards; what was not asked
+    /// for stays at the filter's default (and so is not written).
+    fn fill_ory_settings(&self, ory_url: &Url, filter: &mut FilterConfig) -> anyhow::Result<()> {
+        let mut ory = OrySettings::new(ory_url.as_str().trim_end_matches('/'));
+        ory.cluster = ORY_CLUSTER.to_string();
+        ory.project_api_key = self.project_api_key.clone();
+        if let Some(max) = self.max_concurrent_whoami {
+            ory.max_concurrent_whoami = max.try_into().context("--max-concurrent-whoami must be at least 1")?;
+        }
+        if let Some(wait) = self.open_path_wait {
+            let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            ory.open_path_wait_ms = NonZeroU64::new(millis).context("--open-path-wait must be at least 1ms")?;
+        }
+        filter.ory = Some(ory);
+        filter.public_url = Some(self.public_url.as_str().trim_end_matches('/').to_string());
+        filter.proxy_names = proxy_names(&self.listen, &self.public_url);
+        filter.protect = self.protection.to_filter()?;
+        filter.pass_client_headers = self
+            .pass_client_headers
+            .iter()
+            .map(|name| PassableHeader::try_from(name.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|err| anyhow::anyhow!("--pass-client-header: {err}"))?;
+        filter.jwt = JwtSettings {
+            enabled: self.jwt_enabled,
+            ttl_seconds: NonZeroU64::new(self.jwt_ttl.as_secs()).context("--jwt-ttl must be at least 1s")?,
+            audience: self.jwt_audience.clone(),
+        };
+        if !self.session_cookie_prefixes.is_empty() {
+            filter.session_cookie_prefixes = self
+                .session_cookie_prefixes
+                .iter()
+                .map(|prefix| CookiePrefix::try_from(prefix.as_str()))
+                .collect::<Result<_, _>>()
+                .map_err(|err| anyhow::anyhow!("--session-cookie: {err}"))?;
+        }
+        if let Some(ttl) = self.session_cache_ttl {
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            filter.session_cache = SessionCacheSettings { ttl_ms, ..SessionCacheSettings::default() };
+        }
+        filter.cookie_domain = self.cookie_domain.clone();
+        filter.default_redirect_url = self.default_redirect_url.as_ref().map(|url| url.as_str().to_string());
+        filter.cors.allowed_origins = CorsOrigins::try_from(self.allowed_cors_origins.clone())
+            .map_err(|err| anyhow::anyhow!("--allowed-cors-origins: {err}"))?;
+        filter.cors.additional_headers = CorsHeaders::try_from(self.additional_cors_headers.clone())
+            .map_err(|err| anyhow::anyhow!("--additional-cors-headers: {err}"))?;
+        Ok(())
+    }
+}
+
+/// Whether binding to this address makes the proxy reachable from other machines.
+pub fn is_public(listen: &SocketAddr) -> bool {
+    match listen.ip() {
+        IpAddr::V4(ip) => !ip.is_loopback(),
+        IpAddr::V6(ip) => !ip.is_loopback(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The filter configuration as the hosts receive it.
+    fn written(plan: &Plan) -> serde_json::Value {
+        serde_json::from_str(&plan.filter_configuration()).unwrap()
+    }
+
+    fn deployment() -> Deployment {
+        let upstream = Url::parse("http://127.0.0.1:3000").unwrap();
+        Deployment::new(upstream, "127.0.0.1:4000".parse().unwrap(), "PEM".into())
+    }
+
+    #[test]
+    fn without_ory_the_plan_is_app_only() {
+        let plan = deployment().plan().unwrap();
+        assert_eq!(plan.cluster_names(), ["app"]);
+        assert_eq!(plan.routes, [Route::to("/", "app")]);
+        assert_eq!(plan.filter_configuration(), r#"{"signing_key_env":"ORY_PROXY_SIGNING_KEY"}"#);
+    }
+
+    #[test]
+    fn the_key_travels_in_the_vms_environment_unless_inlined() {
+        let plan_env = deployment().plan().unwrap();
+        assert_eq!(plan_env.vm_environment, [("ORY_PROXY_SIGNING_KEY".to_string(), "PEM".to_string())]);
+        assert!(!plan_env.filter_configuration().contains("PEM"), "the configuration holds no key");
+        assert_eq!(plan_env.signing_key(), Some("PEM"));
+
+        let mut inline = deployment();
+        inline.inline_signing_key = true;
+        let plan_inline = inline.plan().unwrap();
+        assert!(plan_inline.vm_environment.is_empty());
+        assert_eq!(plan_inline.filter_configuration(), r#"{"signing_key":"PEM"}"#);
+        assert_eq!(plan_inline.signing_key(), Some("PEM"));
+    }
+
+    #[test]
+    fn whoami_limits_are_written_only_when_set() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("http://127.0.0.1:4433").unwrap());
+        let plain = deployment.plan().unwrap();
+        assert_eq!(written(&plain)["ory"].get("max_concurrent_whoami"), None);
+        assert_eq!(written(&plain)["ory"].get("open_path_wait_ms"), None);
+        assert_eq!(written(&plain).get("session_cookie_prefixes"), None);
+        deployment.max_concurrent_whoami = Some(4);
+        deployment.open_path_wait = Some(Duration::from_millis(150));
+        deployment.session_cookie_prefixes = vec!["sid".into()];
+        let set = deployment.plan().unwrap();
+        assert_eq!(written(&set)["ory"]["max_concurrent_whoami"], 4);
+        assert_eq!(written(&set)["ory"]["open_path_wait_ms"], 150);
+        assert_eq!(written(&set)["session_cookie_prefixes"], json!(["sid"]));
+    }
+
+    #[test]
+    fn ory_gets_a_cluster_and_a_rewriting_route() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("https://example.projects.oryapis.com/").unwrap());
+        let plan = deployment.plan().unwrap();
+        assert_eq!(plan.cluster_names(), ["app", "ory"]);
+        let ory = &plan.routes[1];
+        assert_eq!(ory.prefix, "/.ory/");
+        assert_eq!(ory.prefix_rewrite.as_deref(), Some("/"));
+        assert_eq!(ory.host_rewrite.as_deref(), Some("example.projects.oryapis.com"));
+        assert_eq!(written(&plan)["ory"]["url"], "https://example.projects.oryapis.com");
+        assert_eq!(written(&plan)["public_url"], "http://localhost:4000");
+    }
+
+    #[test]
+    fn a_kratos_below_a_path_keeps_its_path() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("http://127.0.0.1:4455/.ory/kratos/public").unwrap());
+        let plan = deployment.plan().unwrap();
+        assert_eq!(plan.routes[1].prefix_rewrite.as_deref(), Some("/.ory/kratos/public/"));
+    }
+
+    #[test]
+    fn case_and_passed_headers_reach_the_filter_configuration() {
+        let mut deployment = deployment();
+        deployment.ory_url = Some(Url::parse("http://127.0.0.1:4433").unwrap());
+        let plain = deployment.plan().unwrap();
+        assert_eq!(written(&plain)["protect"].get("ignore_case"), None);
+        assert_eq!(written(&plain).get("pass_client_headers"), None);
+
+        deployment.protection.ignore_case = true;
+        deployment.pass_client_headers = vec!["x-remote-user".into()];
+        let set = deployment.plan().unwrap();
+        assert_eq!(written(&set)["protect"]["ignore_case"], true);
+        assert_eq!(written(&set)["pass_client_headers"], json!(["x-remote-user"]));
+    }
+
+    #[test]
+    fn protection_without_ory_is_refused() {
+        let mut deployment = deployment();
+        deployment.protection.prefixes.push("/members".into());
+        let error = deployment.plan().unwrap_err().to_string();
+        assert!(error.contains("--sdk-url"), "{error}");
+    }
+
+    #[test]
+    fn names_include_the_listen_address_and_public_host() {
+        let names = proxy_names(&"192.168.1.5:4000".parse().unwrap(), &Url::parse("https://dev.example:4000").unwrap());
+        assert_eq!(names, ["localhost", "127.0.0.1", "::1", "192.168.1.5", "dev.example"]);
+        assert!(is_public(&"0.0.0.0:4000".parse().unwrap()));
+        assert!(!is_public(&"127.0.0.1:4000".parse().unwrap()));
+    }
+}
