@@ -507,3 +507,41 @@ both_hosts! {
         proxy.stop().await;
     }
 }
+
+/// A filter stuck in a callback holds up the connections of its own worker only, as in Envoy:
+/// each worker thread owns its VM, so no other thread waits for it. (Runner only: Envoy has no
+/// callback deadline, so the stuck worker would stay stuck, and the kernel, not a round robin,
+/// picks the worker of each of its connections.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_filter_holds_up_only_the_connections_of_its_own_worker() {
+    let app = RawApp::start(|_| ok("app page")).await;
+    let deployment = common::host::deployment(&format!("http://{}", app.addr));
+    let proxy = Proxy::start_filter(Host::Runner, &deployment, Filter::Test("faulty")).await;
+    assert!(proxy.vms() >= 2, "this needs two worker threads (two cores); there are {}", proxy.vms());
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", proxy.addr);
+
+    // Spins until the callback deadline (2 s) traps it.
+    let mut stuck = TcpStream::connect(proxy.addr).await.unwrap();
+    stuck.write_all(request("/loop").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // The next connections go to the workers in turn: one of every `vms` to the stuck one.
+    let started = Instant::now();
+    let others = (0..proxy.vms() + 1).map(|_| {
+        let request = request("/fine");
+        async move {
+            let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+            client.write_all(request.as_bytes()).await.unwrap();
+            let (raw, _) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+            (status_of(&raw), started.elapsed())
+        }
+    });
+    let answers = futures_util::future::join_all(others).await;
+    let prompt = answers.iter().filter(|(status, took)| *status == Some(200) && *took < Duration::from_secs(1)).count();
+    assert!(prompt >= proxy.vms(), "answered while one worker was stuck: {answers:?}");
+    assert!(answers.iter().all(|(status, _)| *status == Some(200)), "{answers:?}");
+
+    let (raw, _) = read_until_closed(&mut stuck, Duration::from_secs(10)).await;
+    assert_eq!(status_of(&raw), Some(503), "the stuck callback traps at its deadline");
+    proxy.stop().await;
+}

@@ -108,6 +108,7 @@ pub const HOP_BY_HOP: [&str; 9] = [
 #[derive(Clone)]
 pub struct Clusters {
     clusters: HashMap<String, Cluster>,
+    connector: hyper_rustls::HttpsConnector<HttpConnector>,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>,
 }
 
@@ -125,9 +126,16 @@ impl Clusters {
             Some(path) => builder.with_tls_config(tls_config_trusting(path)?),
         };
         let tls = builder.https_or_http().enable_http1().enable_http2().wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new()).build(tls);
+        let client = Client::builder(TokioExecutor::new()).build(tls.clone());
         let clusters = clusters.into_iter().map(|c| (c.name.clone(), c)).collect();
-        Ok(Clusters { clusters, client })
+        Ok(Clusters { clusters, connector: tls, client })
+    }
+
+    /// The same clusters with a connection pool of their own: for a worker thread, whose
+    /// upstream connections then live on its own runtime.
+    pub fn with_own_pool(&self) -> Clusters {
+        let client = Client::builder(TokioExecutor::new()).build(self.connector.clone());
+        Clusters { clusters: self.clusters.clone(), connector: self.connector.clone(), client }
     }
 
     pub fn get(&self, name: &str) -> Option<&Cluster> {

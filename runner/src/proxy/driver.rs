@@ -1,11 +1,11 @@
 //! One request through the filter and out to a cluster: the I/O around an [`Exchange`].
 
-use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::LocalBoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
@@ -15,22 +15,17 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
 
 use super::client::{Body, BodyCut, Destination, UpstreamError, fill_header_map, full, header_list_from};
-use super::pool::{FilterPool, Lease, Signal};
+use super::edge::{is_websocket_handshake, names_websocket, refused_at_the_edge, request_header_list};
+use super::pool::{Lease, Signal, Worker};
 use super::{Route, rewrite_path, route_for};
 use proxy_wasm_host::{Exchange, HeaderList, Out, Step, StreamInfo};
 
-/// What the driver knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
-pub struct Connection {
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    pub tls: bool,
-}
+pub use super::edge::Connection;
 
-/// Everything a request needs: the filter, the routes, the limits.
+/// Everything a request needs: the worker with its VM, the routes, the limits.
 pub struct Shared {
-    pub pool: Arc<FilterPool>,
-    pub routes: Vec<Route>,
+    pub worker: Rc<Worker>,
+    pub routes: Arc<[Route]>,
     /// The longest an upstream may stay silent: before its response headers, and between the
     /// chunks of its body.
     pub upstream_timeout: Duration,
@@ -123,94 +118,6 @@ pub fn plain_response(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// What Envoy's connection manager answers itself, before any filter sees the request: HTTP/1.0
-/// is refused (Envoy's `accept_http_10` is off by default), and a request must name its host.
-fn refused_at_the_edge(request: &Request<Incoming>) -> Option<Response<Body>> {
-    let (status, message) = if request.version() < http::Version::HTTP_11 {
-        (StatusCode::UPGRADE_REQUIRED, "Upgrade Required")
-    } else if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
-        (StatusCode::BAD_REQUEST, "")
-    } else {
-        return None;
-    };
-    let mut response = Response::new(full(message));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    if !message.is_empty() {
-        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
-    }
-    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-    Some(response)
-}
-
-/// The request as the filter sees it: pseudo-headers first, in Envoy's order, then the headers
-/// that are not about this connection alone, then the ones an edge Envoy manages itself
-/// ([`edge_headers`]).
-fn request_header_list(request: &Request<Incoming>, connection: &Connection) -> HeaderList {
-    let mut list = HeaderList::new();
-    // Several `Host` headers become one `:authority` joined with commas, as Envoy's codec
-    // joins them (the filter refuses a host name with a comma in it).
-    let authority = match request.uri().authority() {
-        Some(authority) => authority.as_str().as_bytes().to_vec(),
-        None => {
-            let hosts: Vec<&[u8]> =
-                request.headers().get_all(http::header::HOST).iter().map(|h| h.as_bytes()).collect();
-            hosts.join(&b","[..])
-        }
-    };
-    list.add(":authority", &authority);
-    // A CONNECT names only an authority: no `:path`, as in Envoy.
-    if request.method() != http::Method::CONNECT {
-        let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        list.add(":path", path.as_bytes());
-    }
-    list.add(":method", request.method().as_str().as_bytes());
-    list.add(":scheme", if connection.tls { b"https" } else { b"http" });
-    // Headers a client names in `Connection` are for this hop only (and must not be used to make
-    // a later hop drop a header the filter adds).
-    let named: Vec<String> = request
-        .headers()
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .collect();
-    for (name, value) in request.headers() {
-        let name = name.as_str();
-        if super::client::HOP_BY_HOP.contains(&name) || named.iter().any(|n| n == name) {
-            continue;
-        }
-        list.add(name, value.as_bytes());
-    }
-    // A WebSocket handshake keeps its hop-by-hop pair, as in Envoy: the filter sees what it
-    // lets through.
-    if is_websocket_handshake(request) {
-        list.add("connection", b"upgrade");
-        list.add("upgrade", b"websocket");
-    }
-    edge_headers(&mut list, connection);
-    list
-}
-
-/// What Envoy's connection manager does to a request from outside before any filter runs, as the
-/// bootstrap of `envoy-config` configures it (`use_remote_address: true`, the edge): a client's
-/// `x-envoy-*` headers and `x-request-id` are not trusted; `x-forwarded-proto` is the scheme of
-/// the connection; the peer is appended to `x-forwarded-for`; `x-envoy-external-address` names
-/// the peer; every request gets a new `x-request-id`.
-fn edge_headers(list: &mut HeaderList, connection: &Connection) {
-    list.0.retain(|(name, _)| !name.starts_with("x-envoy-") && name != "x-request-id");
-    list.set("x-forwarded-proto", if connection.tls { b"https" } else { b"http" });
-    let peer = connection.peer.ip().to_string();
-    let earlier: Vec<String> =
-        list.get_all("x-forwarded-for").map(|v| String::from_utf8_lossy(v).trim().to_string()).collect();
-    let forwarded_for =
-        earlier.into_iter().filter(|v| !v.is_empty()).chain([peer.clone()]).collect::<Vec<_>>().join(",");
-    list.set("x-forwarded-for", forwarded_for.as_bytes());
-    list.add("x-envoy-external-address", peer.as_bytes());
-    list.add("x-request-id", uuid::Uuid::new_v4().to_string().as_bytes());
-}
-
 fn protocol(version: http::Version) -> &'static str {
     match version {
         http::Version::HTTP_2 => "HTTP/2",
@@ -221,14 +128,14 @@ fn protocol(version: http::Version) -> &'static str {
 
 /// The state of one request in flight.
 struct Driver {
-    shared: Arc<Shared>,
+    shared: Rc<Shared>,
     lease: Lease,
     exchange: Option<Exchange>,
     /// Where the response head goes (the hyper service is waiting on it).
     respond: Option<oneshot::Sender<Response<Body>>>,
     request_body: Option<Incoming>,
     upstream_sink: Option<BodyOutlet>,
-    upstream: Option<BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
+    upstream: Option<LocalBoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
     /// When the request was sent upstream (for `x-envoy-upstream-service-time`).
     upstream_sent: Option<std::time::Instant>,
     upstream_body: Option<Incoming>,
@@ -247,7 +154,7 @@ struct Driver {
 /// Runs one request to completion. The response head is sent on `respond` as soon as it exists;
 /// the body keeps streaming from this task.
 pub async fn drive(
-    shared: Arc<Shared>,
+    shared: Rc<Shared>,
     mut request: Request<Incoming>,
     connection: Connection,
     respond: oneshot::Sender<Response<Body>>,
@@ -261,7 +168,7 @@ pub async fn drive(
         destination: Some(connection.local),
         protocol: protocol(request.version()).to_string(),
     };
-    let (lease, exchange) = match shared.pool.open(info) {
+    let (lease, exchange) = match shared.worker.open(info) {
         Ok(opened) => opened,
         Err(error) => {
             tracing::error!(%error, "the filter could not take the request");
@@ -362,7 +269,7 @@ impl Driver {
             }
         }
         let annotations = match self.exchange.take() {
-            Some(exchange) => self.shared.pool.close(&self.lease, exchange),
+            Some(exchange) => self.shared.worker.close(&self.lease, exchange),
             None => Vec::new(),
         };
         self.log(&annotations);
@@ -388,7 +295,7 @@ impl Driver {
         step: impl FnOnce(&mut Exchange, &mut proxy_wasm_host::Vm) -> Result<Step, proxy_wasm_host::VmError>,
     ) {
         let Some(exchange) = self.exchange.as_mut() else { return };
-        let result = self.shared.pool.run(&self.lease, |vm| step(exchange, vm));
+        let result = self.shared.worker.run(&self.lease, |vm| step(exchange, vm));
         match result {
             Ok(step) => {
                 for out in step.out {
@@ -459,7 +366,7 @@ impl Driver {
         let websocket = self.client_upgrade.is_some();
         self.upstream_sent = Some(std::time::Instant::now());
         self.upstream = Some(Box::pin(async move {
-            let clusters = shared.pool.clusters();
+            let clusters = shared.worker.clusters();
             let host = route.host_rewrite.as_deref();
             let to = Destination { cluster: &route.cluster, path: &upstream_path, host, websocket };
             clusters.send(to, &headers, body, timeout).await
@@ -594,38 +501,12 @@ impl Driver {
 }
 
 async fn pending_upstream(
-    upstream: &mut Option<BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
+    upstream: &mut Option<LocalBoxFuture<'static, Result<Response<Incoming>, UpstreamError>>>,
 ) -> Result<Response<Incoming>, UpstreamError> {
     match upstream.as_mut() {
         Some(future) => future.await,
         None => std::future::pending().await,
     }
-}
-
-/// Whether a request opens a WebSocket (RFC 6455 §4.1): the one protocol switch the proxy
-/// carries, as the bootstrap's `upgrade_configs` let Envoy carry only that one. Any other
-/// `Upgrade` (h2c, TLS, anything) is left out, with `HTTP2-Settings`, and the request goes on as
-/// a plain one.
-fn is_websocket_handshake(request: &Request<Incoming>) -> bool {
-    let headers = request.headers();
-    let connection_says_upgrade = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    request.method() == http::Method::GET
-        && request.version() == http::Version::HTTP_11
-        && connection_says_upgrade
-        && names_websocket(headers.get(http::header::UPGRADE))
-        && headers.contains_key(http::header::SEC_WEBSOCKET_KEY)
-        && headers.contains_key(http::header::SEC_WEBSOCKET_VERSION)
-}
-
-fn names_websocket(upgrade: Option<&http::HeaderValue>) -> bool {
-    upgrade
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
 }
 
 /// The next data frame of a body, and whether it was the last. Trailers end the body (they are

@@ -8,6 +8,7 @@
 
 mod client;
 mod driver;
+mod edge;
 mod pool;
 mod server;
 mod watch;

@@ -1,11 +1,18 @@
-//! The filter's VMs: one per worker, as Envoy runs them. Each VM sits behind a lock that is held
-//! only while wasm runs; whatever a callback asks for afterwards is carried out here.
+//! The filter's VMs: one per worker thread, as Envoy runs them. Each worker is an OS thread with
+//! its own single-threaded runtime that owns one VM and serves the connections handed to it, so
+//! wasm runs on the thread of the request it serves, never behind a lock another thread waits on.
+//! Whatever a callback asks for afterwards (an HTTP call, a timer, a stream's next step) is
+//! carried out on the same thread; only a shared-queue wake-up for another VM crosses threads.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::future::LocalBoxFuture;
 use tokio::sync::{mpsc, watch};
 
 use super::client::Clusters;
@@ -42,108 +49,181 @@ pub enum FilterFailure {
     Replaced,
 }
 
-struct SlotState {
+/// Work for a worker, made on another thread and run on the worker's.
+pub type Job = Box<dyn FnOnce(Rc<Worker>) -> LocalBoxFuture<'static, ()> + Send>;
+
+enum Command {
+    Run(Job),
+    /// Another VM enqueued to a queue this VM watches.
+    QueueReady {
+        context: u32,
+        queue: u32,
+    },
+}
+
+/// What every worker shares: the plugin (to restart a VM), the clusters (each worker makes its
+/// own connection pool), and a way to reach the other workers.
+struct Common {
+    plugin: Plugin,
+    clusters: Clusters,
+    max_buffer: usize,
+    /// Weak, so that the workers stop once the [`FilterPool`] holding the strong ends is gone.
+    workers: Vec<mpsc::WeakUnboundedSender<Command>>,
+}
+
+/// The handle to every worker: hands them connections, and stops them when dropped (each worker
+/// finishes when its last job has, or when the runtime it runs is dropped).
+pub struct FilterPool {
+    workers: Vec<mpsc::UnboundedSender<Command>>,
+    next: AtomicUsize,
+}
+
+impl FilterPool {
+    /// Starts every VM (so a filter that refuses its configuration stops start-up), then a
+    /// worker thread for each.
+    pub fn start(plugin: Plugin, clusters: Clusters, options: PoolOptions) -> anyhow::Result<Arc<FilterPool>> {
+        let count = options.workers.max(1);
+        let mut started = Vec::with_capacity(count);
+        for number in 0..count {
+            let mut vm = plugin.start_vm(number)?;
+            let effects = vm.take_effects();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            started.push((vm, effects, runtime));
+        }
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let common = Arc::new(Common {
+            plugin,
+            clusters,
+            max_buffer: options.max_buffer,
+            workers: senders.iter().map(mpsc::UnboundedSender::downgrade).collect(),
+        });
+        for (number, ((vm, effects, runtime), commands)) in started.into_iter().zip(receivers).enumerate() {
+            let common = common.clone();
+            std::thread::Builder::new()
+                .name(format!("ory-proxy-worker-{number}"))
+                .spawn(move || Worker::serve(number, vm, effects, common, runtime, commands))?;
+        }
+        Ok(Arc::new(FilterPool { workers: senders, next: AtomicUsize::new(0) }))
+    }
+
+    /// Runs `job` on the next worker, round robin. `false`: no worker could take it.
+    pub fn dispatch(&self, job: Job) -> bool {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut job = job;
+        for offset in 0..self.workers.len() {
+            let worker = &self.workers[(start + offset) % self.workers.len()];
+            match worker.send(Command::Run(job)) {
+                Ok(()) => return true,
+                Err(mpsc::error::SendError(Command::Run(returned))) => job = returned,
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+struct VmState {
     vm: Vm,
     generation: u64,
     /// Where effects for each open exchange go.
     listeners: HashMap<u32, mpsc::UnboundedSender<Signal>>,
 }
 
-struct Slot {
-    state: Mutex<SlotState>,
+/// One worker's VM and what it asks for; lives on the worker's thread only.
+pub struct Worker {
+    number: usize,
+    common: Arc<Common>,
+    /// The clusters, with this worker's own connection pool.
+    clusters: Clusters,
+    state: RefCell<VmState>,
     tick: watch::Sender<Option<Duration>>,
 }
 
-impl Slot {
-    fn lock(&self) -> MutexGuard<'_, SlotState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// All VMs of the filter, the clusters their calls go to, and the work they ask for.
-pub struct FilterPool {
-    plugin: Plugin,
-    slots: Vec<Slot>,
-    next: AtomicUsize,
-    clusters: Clusters,
-    max_buffer: usize,
-}
-
-/// An exchange's place in the pool: which VM holds its context, and its signal inbox.
+/// An exchange's place in its worker: the VM generation that holds its context, and its inbox.
 pub struct Lease {
-    slot: usize,
     generation: u64,
     context: u32,
     pub signals: mpsc::UnboundedReceiver<Signal>,
 }
 
-impl FilterPool {
-    /// Starts every VM (so a filter that refuses its configuration stops start-up) and their
-    /// timers. Must run inside a tokio runtime.
-    pub fn start(plugin: Plugin, clusters: Clusters, options: PoolOptions) -> anyhow::Result<Arc<FilterPool>> {
-        let mut slots = Vec::new();
-        let mut initial = Vec::new();
-        for number in 0..options.workers.max(1) {
-            let mut vm = plugin.start_vm(number)?;
-            initial.push(vm.take_effects());
+impl Worker {
+    fn serve(
+        number: usize,
+        vm: Vm,
+        effects: Vec<Effect>,
+        common: Arc<Common>,
+        runtime: tokio::runtime::Runtime,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, async move {
             let (tick, _) = watch::channel(None);
-            slots.push(Slot { state: Mutex::new(SlotState { vm, generation: 0, listeners: HashMap::new() }), tick });
-        }
-        let pool =
-            Arc::new(FilterPool { plugin, slots, next: AtomicUsize::new(0), clusters, max_buffer: options.max_buffer });
-        for (slot, effects) in initial.into_iter().enumerate() {
-            pool.spawn_ticker(slot);
-            pool.route(slot, 0, effects);
-        }
-        Ok(pool)
+            let state = RefCell::new(VmState { vm, generation: 0, listeners: HashMap::new() });
+            let clusters = common.clusters.with_own_pool();
+            let worker = Rc::new(Worker { number, common, clusters, state, tick });
+            worker.spawn_ticker();
+            worker.route(0, effects);
+            while let Some(command) = commands.recv().await {
+                match command {
+                    Command::Run(job) => {
+                        tokio::task::spawn_local(job(worker.clone()));
+                    }
+                    Command::QueueReady { context, queue } => {
+                        let generation = worker.state.borrow().generation;
+                        worker.deliver(generation, move |vm| vm.on_queue_ready(context, queue));
+                    }
+                }
+            }
+        });
+        // Dropping the LocalSet and the runtime ends what is left: the pool is gone, and the
+        // server has drained (or given up on) its connections before letting it go.
     }
 
     pub fn clusters(&self) -> &Clusters {
         &self.clusters
     }
 
-    /// Opens an exchange on the next VM, round robin.
-    pub fn open(self: &Arc<Self>, info: StreamInfo) -> Result<(Lease, Exchange), FilterFailure> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut state = self.slots[slot].lock();
+    /// Opens an exchange on this worker's VM.
+    pub fn open(self: &Rc<Self>, info: StreamInfo) -> Result<(Lease, Exchange), FilterFailure> {
+        let mut state = self.state.borrow_mut();
         let generation = state.generation;
-        let opened = Exchange::open(&mut state.vm, info, self.max_buffer);
+        let opened = guarded(|| Exchange::open(&mut state.vm, info, self.common.max_buffer));
         let (exchange, step) = match opened {
             Ok(opened) => opened,
             Err(error) => {
                 drop(state);
-                self.replace_vm(slot, generation, &error);
+                self.replace_vm(generation, &error);
                 return Err(error.into());
             }
         };
         let (sender, signals) = mpsc::unbounded_channel();
         state.listeners.insert(exchange.context(), sender);
         drop(state);
-        self.route(slot, generation, step.others);
-        Ok((Lease { slot, generation, context: exchange.context(), signals }, exchange))
+        self.route(generation, step.others);
+        Ok((Lease { generation, context: exchange.context(), signals }, exchange))
     }
 
-    /// Runs one step of an exchange on its VM and carries out the effects meant for others.
+    /// Runs one step of an exchange on the VM and carries out the effects meant for others.
     pub fn run(
-        self: &Arc<Self>,
+        self: &Rc<Self>,
         lease: &Lease,
         step: impl FnOnce(&mut Vm) -> Result<Step, VmError>,
     ) -> Result<Step, FilterFailure> {
-        let mut state = self.slots[lease.slot].lock();
+        let mut state = self.state.borrow_mut();
         if state.generation != lease.generation {
             return Err(FilterFailure::Replaced);
         }
-        match step(&mut state.vm) {
+        match guarded(|| step(&mut state.vm)) {
             Ok(mut step) => {
                 drop(state);
                 let others = std::mem::take(&mut step.others);
-                self.route(lease.slot, lease.generation, others);
+                self.route(lease.generation, others);
                 Ok(step)
             }
             Err(error @ VmError::UnknownContext(_)) => Err(error.into()),
             Err(error) => {
                 drop(state);
-                self.replace_vm(lease.slot, lease.generation, &error);
+                self.replace_vm(lease.generation, &error);
                 Err(error.into())
             }
         }
@@ -151,7 +231,7 @@ impl FilterPool {
 
     /// Ends an exchange: `on_log`, `on_done`, `on_delete`, and no more signals. Answers the
     /// filter's annotations for the access log.
-    pub fn close(self: &Arc<Self>, lease: &Lease, exchange: Exchange) -> Vec<(String, String)> {
+    pub fn close(self: &Rc<Self>, lease: &Lease, exchange: Exchange) -> Vec<(String, String)> {
         let annotations = match self.run(lease, |vm| exchange.finish(vm)) {
             Ok(step) => step.annotations,
             Err(error) => {
@@ -159,7 +239,7 @@ impl FilterPool {
                 Vec::new()
             }
         };
-        let mut state = self.slots[lease.slot].lock();
+        let mut state = self.state.borrow_mut();
         if state.generation == lease.generation {
             state.listeners.remove(&lease.context);
         }
@@ -167,13 +247,13 @@ impl FilterPool {
     }
 
     /// A trapped VM is useless: start a fresh one in its place and tell every exchange it held.
-    fn replace_vm(self: &Arc<Self>, slot: usize, generation: u64, error: &VmError) {
-        let mut state = self.slots[slot].lock();
+    fn replace_vm(self: &Rc<Self>, generation: u64, error: &VmError) {
+        let mut state = self.state.borrow_mut();
         if state.generation != generation {
             return;
         }
-        tracing::error!(vm = slot, "{error}; starting a fresh filter VM");
-        match self.plugin.start_vm(slot) {
+        tracing::error!(vm = self.number, "{error}; starting a fresh filter VM");
+        match self.common.plugin.start_vm(self.number) {
             Ok(mut vm) => {
                 let effects = vm.take_effects();
                 state.vm = vm;
@@ -184,41 +264,45 @@ impl FilterPool {
                 let generation = state.generation;
                 drop(state);
                 // The new VM's start-up may ask for a timer: honour it.
-                self.route(slot, generation, effects);
+                self.route(generation, effects);
             }
-            Err(start) => tracing::error!(vm = slot, "the filter VM could not be restarted: {start:#}"),
+            Err(start) => tracing::error!(vm = self.number, "the filter VM could not be restarted: {start:#}"),
         }
     }
 
     /// Carries out effects: stream effects go to their exchange, calls to their cluster, timers
-    /// and queue notifications to their VM.
-    fn route(self: &Arc<Self>, slot: usize, generation: u64, effects: Vec<Effect>) {
+    /// to this VM's ticker and queue wake-ups to their VM.
+    fn route(self: &Rc<Self>, generation: u64, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
                 Effect::HttpCall(call) => {
-                    let pool = self.clone();
-                    tokio::spawn(async move {
+                    let worker = self.clone();
+                    tokio::task::spawn_local(async move {
                         let token = call.token;
-                        let answer = pool.clusters.call(call).await;
-                        pool.deliver(slot, generation, move |vm| vm.on_http_call_response(token, answer));
+                        let answer = worker.clusters.call(call).await;
+                        worker.deliver(generation, move |vm| vm.on_http_call_response(token, answer));
                     });
                 }
                 Effect::TickPeriod(period) => {
-                    self.slots[slot].tick.send_replace(period);
+                    self.tick.send_replace(period);
+                }
+                Effect::QueueReady { vm, context, queue } if vm == self.number => {
+                    let worker = self.clone();
+                    // Later, not from inside the callback that enqueued.
+                    tokio::task::spawn_local(async move {
+                        let generation = worker.state.borrow().generation;
+                        worker.deliver(generation, move |v| v.on_queue_ready(context, queue));
+                    });
                 }
                 Effect::QueueReady { vm, context, queue } => {
-                    if vm < self.slots.len() {
-                        let pool = self.clone();
-                        let target_generation = self.slots[vm].lock().generation;
-                        tokio::spawn(async move {
-                            pool.deliver(vm, target_generation, move |v| v.on_queue_ready(context, queue));
-                        });
+                    if let Some(other) = self.common.workers.get(vm).and_then(mpsc::WeakUnboundedSender::upgrade) {
+                        let _ = other.send(Command::QueueReady { context, queue });
                     }
                 }
                 Effect::Continue { context, .. }
                 | Effect::LocalReply { context, .. }
                 | Effect::Close { context, .. } => {
-                    let state = self.slots[slot].lock();
+                    let state = self.state.borrow();
                     if state.generation == generation
                         && let Some(listener) = state.listeners.get(&context)
                     {
@@ -229,29 +313,30 @@ impl FilterPool {
         }
     }
 
-    /// Runs a root-context callback (call answer, tick, queue) on VM `slot`.
-    fn deliver(self: &Arc<Self>, slot: usize, generation: u64, call: impl FnOnce(&mut Vm) -> Result<(), VmError>) {
-        let mut state = self.slots[slot].lock();
+    /// Runs a root-context callback (call answer, tick, queue) on the VM, if it is still the
+    /// generation that asked for it.
+    fn deliver(self: &Rc<Self>, generation: u64, call: impl FnOnce(&mut Vm) -> Result<(), VmError>) {
+        let mut state = self.state.borrow_mut();
         if state.generation != generation {
             return;
         }
-        match call(&mut state.vm) {
+        match guarded(|| call(&mut state.vm)) {
             Ok(()) => {
                 let effects = state.vm.take_effects();
                 drop(state);
-                self.route(slot, generation, effects);
+                self.route(generation, effects);
             }
             Err(error) => {
                 drop(state);
-                self.replace_vm(slot, generation, &error);
+                self.replace_vm(generation, &error);
             }
         }
     }
 
-    fn spawn_ticker(self: &Arc<Self>, slot: usize) {
-        let weak = Arc::downgrade(self);
-        let mut period = self.slots[slot].tick.subscribe();
-        tokio::spawn(async move {
+    fn spawn_ticker(self: &Rc<Self>) {
+        let worker: Weak<Worker> = Rc::downgrade(self);
+        let mut period = self.tick.subscribe();
+        tokio::task::spawn_local(async move {
             loop {
                 let current = *period.borrow_and_update();
                 match current {
@@ -264,9 +349,9 @@ impl FilterPool {
                         tokio::select! {
                             changed = period.changed() => if changed.is_err() { return },
                             _ = tokio::time::sleep(every) => {
-                                let Some(pool) = weak.upgrade() else { return };
-                                let generation = pool.slots[slot].lock().generation;
-                                pool.deliver(slot, generation, |vm| vm.on_tick());
+                                let Some(worker) = worker.upgrade() else { return };
+                                let generation = worker.state.borrow().generation;
+                                worker.deliver(generation, |vm| vm.on_tick());
                             }
                         }
                     }
@@ -274,4 +359,17 @@ impl FilterPool {
             }
         });
     }
+}
+
+/// Runs a VM call; a panic in the host's code under it counts as a trap of the VM (which is then
+/// replaced) rather than ending the worker's task with the VM half-way through a callback.
+fn guarded<T>(call: impl FnOnce() -> Result<T, VmError>) -> Result<T, VmError> {
+    std::panic::catch_unwind(AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| text.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        Err(VmError::Trap { callback: "a host call", message: format!("the host panicked: {message}") })
+    })
 }

@@ -6,19 +6,20 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use super::driver::{self, Connection, Shared};
-use super::pool::FilterPool;
+use super::pool::{FilterPool, Worker};
 use super::watch::{Activity, Expired, Watched};
 use super::{Limits, Route};
 
@@ -53,7 +54,8 @@ impl Default for ServeOptions {
 /// A bound, not yet serving, proxy.
 pub struct Proxy {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    pool: Arc<FilterPool>,
+    routes: Arc<[Route]>,
     drain_timeout: Duration,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
@@ -92,10 +94,10 @@ impl Proxy {
             _ => anyhow::anyhow!("cannot listen on {}: {error}", options.listen),
         })?;
         let limits = options.limits;
-        let shared = Arc::new(Shared { pool, routes, upstream_timeout: limits.upstream_timeout });
         Ok(Proxy {
             listener,
-            shared,
+            pool,
+            routes: routes.into(),
             drain_timeout: options.drain_timeout,
             tls: options.tls.map(TlsAcceptor::from),
             handshake_timeout: options.handshake_timeout,
@@ -126,7 +128,7 @@ impl Proxy {
     /// Serves until `shutdown` completes, then stops accepting and drains requests in flight.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let connections = TaskTracker::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(LocalExecutor);
         // hyper answers 431 when a request head does not fit its read buffer.
         builder.http1().max_buf_size(self.limits.max_request_headers_bytes.max(8192));
         builder.http2().max_header_list_size(u32::try_from(self.limits.max_request_headers_bytes).unwrap_or(u32::MAX));
@@ -155,18 +157,29 @@ impl Proxy {
                 continue;
             };
             let _ = stream.set_nodelay(true);
+            // Handed to a worker thread, which registers it with its own runtime.
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, "could not hand the connection to a worker");
+                    continue;
+                }
+            };
             let accepted = Accepted {
                 stream,
                 peer,
-                shared: self.shared.clone(),
+                routes: self.routes.clone(),
                 builder: builder.clone(),
                 tls: self.tls.clone(),
                 handshake_timeout: self.handshake_timeout,
                 limits: self.limits,
                 stopped: stopped.clone(),
                 _permit: permit,
+                _tracked: connections.token(),
             };
-            connections.spawn(accepted.serve());
+            if !self.pool.dispatch(Box::new(move |worker| Box::pin(accepted.serve(worker)))) {
+                tracing::error!(%peer, "no filter worker is running: connection closed");
+            }
         }
         let _ = stopping.send(true);
         drop(self.listener);
@@ -220,18 +233,31 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
     })
 }
 
-/// One accepted connection, before we know what it speaks.
+/// Runs hyper's tasks (HTTP/2 streams) on the worker thread that serves their connection.
+#[derive(Clone, Copy)]
+struct LocalExecutor;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExecutor {
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
+/// One accepted connection, before we know what it speaks; made by the acceptor, served by a
+/// worker.
 struct Accepted {
-    stream: TcpStream,
+    stream: std::net::TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
-    builder: auto::Builder<TokioExecutor>,
+    routes: Arc<[Route]>,
+    builder: auto::Builder<LocalExecutor>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     limits: Limits,
     stopped: watch::Receiver<bool>,
     /// Held for as long as the connection is served.
     _permit: OwnedSemaphorePermit,
+    /// Shutdown waits for the connections still holding one.
+    _tracked: TaskTrackerToken,
 }
 
 enum Stream {
@@ -240,8 +266,17 @@ enum Stream {
 }
 
 impl Accepted {
-    async fn serve(self) {
-        let Accepted { stream, peer, shared, builder, tls, handshake_timeout, limits, mut stopped, _permit } = self;
+    async fn serve(self, worker: Rc<Worker>) {
+        let Accepted { stream, peer, routes, builder, tls, handshake_timeout, limits, mut stopped, _permit, _tracked } =
+            self;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "a worker could not take the connection");
+                return;
+            }
+        };
+        let shared = Rc::new(Shared { worker, routes, upstream_timeout: limits.upstream_timeout });
         let local = stream.local_addr().unwrap_or(peer);
         let opening = async {
             match sniff(&stream).await? {
@@ -294,8 +329,8 @@ async fn starts_http2(stream: &TcpStream) -> bool {
 
 /// An open connection and what serving it needs.
 struct Served {
-    shared: Arc<Shared>,
-    builder: auto::Builder<TokioExecutor>,
+    shared: Rc<Shared>,
+    builder: auto::Builder<LocalExecutor>,
     limits: Limits,
     stopped: watch::Receiver<bool>,
 }
@@ -314,7 +349,7 @@ impl Served {
             let in_flight = requests.request_started();
             async move {
                 let (respond, response) = oneshot::channel();
-                tokio::spawn(async move {
+                tokio::task::spawn_local(async move {
                     driver::drive(shared, request, connection, respond).await;
                     drop(in_flight);
                 });
