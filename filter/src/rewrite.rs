@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::Read;
 
+use aho_corasick::{AhoCorasick, Input, MatchKind};
 use cookie::{Cookie, SameSite};
 use url::Url;
 
@@ -437,31 +438,25 @@ fn ends_origin(next: Option<&u8>) -> bool {
 fn replace_origin(haystack: &[u8], needle: &str, replacement: &str) -> Option<Vec<u8>> {
     let escaped_needle = needle.replace('/', "\\/");
     let escaped_replacement = replacement.replace('/', "\\/");
-    let pairs: [(&[u8], &[u8]); 2] =
-        [(needle.as_bytes(), replacement.as_bytes()), (escaped_needle.as_bytes(), escaped_replacement.as_bytes())];
-    let firsts: Vec<u8> = pairs.iter().filter_map(|(n, _)| n.first().copied()).collect();
+    let replacements = [replacement.as_bytes(), escaped_replacement.as_bytes()];
+    // Fails only beyond size limits two short patterns never reach; then nothing is replaced.
+    let needles =
+        AhoCorasick::builder().match_kind(MatchKind::LeftmostFirst).build([needle, escaped_needle.as_str()]).ok()?;
 
     let mut out: Option<Vec<u8>> = None;
     let mut copied = 0; // haystack[..copied] is already in `out`
-    let mut i = 0;
-    while i < haystack.len() {
-        // Skip quickly to the next byte that can start a needle.
-        match haystack[i..].iter().position(|b| firsts.contains(b)) {
-            Some(offset) => i += offset,
-            None => break,
+    let mut at = 0;
+    while let Some(found) = needles.find(Input::new(haystack).range(at..)) {
+        if !ends_origin(haystack.get(found.end())) {
+            // Another authority that starts like Ory's: look again one byte on.
+            at = found.start() + 1;
+            continue;
         }
-        let matched =
-            pairs.iter().find(|(n, _)| haystack[i..].starts_with(n) && ends_origin(haystack.get(i + n.len())));
-        match matched {
-            Some((n, r)) => {
-                let buf = out.get_or_insert_with(|| Vec::with_capacity(haystack.len() + 256));
-                buf.extend_from_slice(&haystack[copied..i]);
-                buf.extend_from_slice(r);
-                i += n.len();
-                copied = i;
-            }
-            None => i += 1,
-        }
+        let buf = out.get_or_insert_with(|| Vec::with_capacity(haystack.len() + 256));
+        buf.extend_from_slice(&haystack[copied..found.start()]);
+        buf.extend_from_slice(replacements[found.pattern().as_usize()]);
+        copied = found.end();
+        at = found.end();
     }
     let mut out = out?;
     out.extend_from_slice(&haystack[copied..]);
