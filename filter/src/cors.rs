@@ -64,11 +64,6 @@ fn normalise_origin(origin: &str) -> Option<String> {
     Origin::parse(origin).map(|origin| origin.to_string())
 }
 
-/// Whether `name` is an HTTP token (RFC 9110 §5.6.2), so a valid header name.
-fn is_token(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// A configured origin, normalised: a plain `http(s)://host[:port]` (a trailing `/` is
 /// tolerated); `*` is refused because it cannot be combined with credentials.
 pub fn allowed_origin(origin: &str) -> Result<String, InvalidCors> {
@@ -86,7 +81,7 @@ pub fn allowed_header(header: &str) -> Result<String, InvalidCors> {
     if header == "*" {
         return Err(InvalidCors("CORS header \"*\" cannot be used with credentials; list the header names".into()));
     }
-    if !is_token(header) {
+    if !crate::headers::is_token(header) {
         return Err(InvalidCors(format!("invalid CORS header name {header:?}")));
     }
     Ok(header.to_ascii_lowercase())

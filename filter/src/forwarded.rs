@@ -87,7 +87,7 @@ pub fn is_identity_header(name: &str) -> bool {
 /// passes anyway (most likely a typo, in a setting about security).
 pub fn passable_header(name: &str) -> Result<String, String> {
     let lower = name.trim().to_ascii_lowercase();
-    if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+    if !crate::headers::is_token(&lower) {
         return Err(format!("{name:?} is not a header name"));
     }
     if is_forwarding_header(&lower) {

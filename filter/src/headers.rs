@@ -3,6 +3,11 @@
 /// A header list as proxy-wasm hands it over: lower-case names, in order, repeats allowed.
 pub type Headers = Vec<(String, String)>;
 
+/// Whether `name` is an HTTP token (RFC 9110 §5.6.2), so a valid header name.
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// The first value of a header (names compared without case).
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
