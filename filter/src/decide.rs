@@ -249,8 +249,12 @@ pub fn decide_response(
     let mut out: Headers = headers.to_vec();
     if !ctx.preflight {
         strip_upstream_cors(&mut out);
-        let policy = cors_policy(config, ctx.origin);
-        out.extend(policy.response_headers(ctx.request_origin));
+        // Most requests carry no Origin: then there is no policy to consult, only `Vary` to add.
+        let cors = match ctx.request_origin {
+            Some(_) => cors_policy(config, ctx.origin).response_headers(ctx.request_origin),
+            None => config.cors.response_headers(None),
+        };
+        out.extend(cors);
     }
     set_header(&mut out, STRICT_TRANSPORT_SECURITY.0, STRICT_TRANSPORT_SECURITY.1);
     let browser_https = ctx.origin.scheme() == crate::origin::Scheme::Https;

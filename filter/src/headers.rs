@@ -48,30 +48,35 @@ pub enum HeaderEdit {
 }
 
 /// The fewest host calls that turn `before` into `after`, name by name: untouched headers are not
-/// rewritten (so values the filter could not read as text survive unchanged).
+/// rewritten (so values the filter could not read as text survive unchanged). Edits of different
+/// names commute; they come in the order the names first appear after the lists' common start.
+///
+/// Runs on every request and response, so it compares in place and allocates only the edits.
 pub fn header_edits(before: &[(String, String)], after: &[(String, String)]) -> Vec<HeaderEdit> {
-    let mut names: Vec<String> = Vec::new();
-    for (name, _) in after.iter().chain(before) {
-        let name = name.to_ascii_lowercase();
-        if !names.contains(&name) {
-            names.push(name);
-        }
+    fn values<'a>(list: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        list.iter().filter(move |(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value)
     }
-    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
-        list.iter().filter(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.clone()).collect()
-    };
+    // A name only in the common prefix has the same values in both: only names in what follows
+    // it can differ (usually a few, near the end).
+    let common = before.iter().zip(after).take_while(|(old, new)| old == new).count();
+    let all: Vec<&str> = after[common..].iter().chain(&before[common..]).map(|(name, _)| name.as_str()).collect();
     let mut edits = Vec::new();
-    for name in names {
-        let (old, new) = (values(before, &name), values(after, &name));
-        if old == new {
+    for (index, name) in all.iter().enumerate() {
+        if all[..index].iter().any(|earlier| earlier.eq_ignore_ascii_case(name)) {
             continue;
         }
-        match new.as_slice() {
-            [] => edits.push(HeaderEdit::Remove(name)),
-            [one] => edits.push(HeaderEdit::Set(name, one.clone())),
-            many => {
+        if values(before, name).eq(values(after, name)) {
+            continue;
+        }
+        let mut new = values(after, name);
+        let (first, second) = (new.next(), new.next());
+        let name = name.to_ascii_lowercase();
+        match (first, second) {
+            (None, _) => edits.push(HeaderEdit::Remove(name)),
+            (Some(one), None) => edits.push(HeaderEdit::Set(name, one.clone())),
+            (Some(_), Some(_)) => {
                 edits.push(HeaderEdit::Remove(name.clone()));
-                edits.extend(many.iter().map(|value| HeaderEdit::Add(name.clone(), value.clone())));
+                edits.extend(values(after, &name).map(|value| HeaderEdit::Add(name.clone(), value.clone())));
             }
         }
     }
@@ -121,5 +126,45 @@ pub(crate) mod tests {
             ]
         );
         assert!(header_edits(&before, &before).is_empty());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// What the host does with the edits (`proxy_*_header_map_value`).
+        fn apply(mut headers: Headers, edits: &[HeaderEdit]) -> Headers {
+            for edit in edits {
+                match edit {
+                    HeaderEdit::Remove(name) => remove_header(&mut headers, name),
+                    HeaderEdit::Set(name, value) => set_header(&mut headers, name, value),
+                    HeaderEdit::Add(name, value) => headers.push((name.clone(), value.clone())),
+                }
+            }
+            headers
+        }
+
+        fn by_name(headers: &Headers, name: &str) -> Vec<String> {
+            headers.iter().filter(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect()
+        }
+
+        fn list() -> impl Strategy<Value = Headers> {
+            let name = prop::sample::select(vec!["a", "A", "b", "x-multi", ":path"]);
+            let value = prop::sample::select(vec!["1", "2", "3"]);
+            prop::collection::vec((name.prop_map(String::from), value.prop_map(String::from)), 0..8)
+        }
+
+        proptest! {
+            /// Every name ends with exactly the values `after` has, in its order.
+            #[test]
+            fn edits_turn_before_into_after(before in list(), after in list()) {
+                let edited = apply(before.clone(), &header_edits(&before, &after));
+                for name in ["a", "b", "x-multi", ":path"] {
+                    prop_assert_eq!(by_name(&edited, name), by_name(&after, name), "{}", name);
+                }
+                prop_assert!(header_edits(&after, &after).is_empty());
+            }
+        }
     }
 }

@@ -543,7 +543,12 @@ mod glue {
         hostcalls::get_map_bytes(map)
             .unwrap_or_default()
             .into_iter()
-            .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+            // Valid UTF-8 (nearly always) keeps its buffer; anything else is read lossily.
+            .map(|(name, value)| {
+                let value = String::from_utf8(value)
+                    .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned());
+                (name, value)
+            })
             .collect()
     }
 
