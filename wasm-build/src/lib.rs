@@ -22,7 +22,8 @@ pub fn workspace() -> PathBuf {
 /// script reports.
 pub fn build(packages: &[&str], watched: &[&str]) -> PathBuf {
     let workspace = workspace();
-    for path in watched.iter().chain(&["Cargo.lock"]) {
+    // The workspace manifest holds the `wasm` profile; the lock file, every dependency's version.
+    for path in watched.iter().chain(&["Cargo.toml", "Cargo.lock"]) {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
     // Beside the outer build's own output, so separate target directories stay separate.
