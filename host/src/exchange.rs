@@ -326,14 +326,17 @@ impl Exchange {
         Ok(())
     }
 
-    /// A local reply replaces whatever the upstream would have said, and still passes through
-    /// this filter's response callbacks.
+    /// A local reply replaces whatever the upstream would have said. One asked for on the request
+    /// path still passes through this filter's response callbacks; one asked for on the response
+    /// path (the upstream's headers are held by the filter) goes out as it is, as in Envoy:
+    /// running the callback that asked for it again would only ask again.
     fn reply(&mut self, vm: &mut Vm, reply: LocalReply, step: &mut Step) -> Result<(), VmError> {
         if matches!(self.response.stage, Stage::Streaming | Stage::Done) {
             // The response is already on its way downstream: too late to replace it.
             step.out.push(Out::Reset);
             return Ok(());
         }
+        let from_response_path = self.response.stage == Stage::HeadersPaused;
         self.replied = true;
         self.request.stage = Stage::Done;
         step.out.push(Out::Replied { details: reply.details });
@@ -352,8 +355,17 @@ impl Exchange {
             }
         }
         let stream = vm.stream_mut(self.context)?;
-        stream.response_headers = headers;
+        stream.response_headers = headers.clone();
         stream.response_body.clear();
+        if from_response_path {
+            self.response = Half { stage: Stage::Done, ended: true, ..Half::default() };
+            let headers_only = reply.body.is_empty();
+            step.out.push(Out::ResponseHeaders(headers, headers_only));
+            if !headers_only {
+                step.out.push(Out::ResponseData(reply.body, true));
+            }
+            return Ok(());
+        }
         self.response = Half { held: reply.body, ended: true, ..Half::default() };
         // The reply is complete: run the response side as if it had arrived whole.
         let end_with_headers = self.response.held.is_empty();

@@ -144,6 +144,22 @@ both_hosts! {
         app.shutdown().await;
     }
 
+    async fn a_local_reply_from_the_response_callback_replaces_the_answer(host: Host) {
+        let (proxy, app, seen) = start(host, "headers").await;
+        let (client, url) = (HttpClient::new(), proxy.url("/reply-on-response"));
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(&url, &[]))
+            .await
+            .expect("the reply reaches the client (the stream does not stay paused)")
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.header("x-local"), Some("response"));
+        assert_eq!(answer.text(), "replaced the answer");
+        assert_eq!(answer.header("server"), None, "nothing of the app's answer is left");
+        assert_eq!(seen.lock().unwrap().len(), 1, "the app was asked once");
+        proxy.stop().await;
+        app.shutdown().await;
+    }
+
     async fn bodies_are_replaced_wrapped_and_extended(host: Host) {
         let (proxy, app, _seen) = start(host, "bodies").await;
         let client = HttpClient::new();

@@ -12,18 +12,21 @@ struct Root;
 impl Context for Root {}
 impl RootContext for Root {
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Headers))
+        Some(Box::new(Headers { path: String::new() }))
     }
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 }
 
-struct Headers;
+struct Headers {
+    path: String,
+}
 impl Context for Headers {}
 impl HttpContext for Headers {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let path = self.get_http_request_header(":path").unwrap_or_default();
+        self.path = path.clone();
         if path == "/local" {
             self.send_http_response(418, vec![("x-local", "yes")], Some(b"short and stout"));
             return Action::Pause;
@@ -58,6 +61,12 @@ impl HttpContext for Headers {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.path == "/reply-on-response" {
+            // Replaces the app's answer: the host must send this one, and not run this callback
+            // again for it (which would pause it for good).
+            self.send_http_response(503, vec![("x-local", "response")], Some(b"replaced the answer"));
+            return Action::Pause;
+        }
         let status = self.get_http_response_header(":status").unwrap_or_default();
         self.set_http_response_header("x-status-seen", Some(&status));
         self.set_http_response_header("server", None);
