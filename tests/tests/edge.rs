@@ -207,6 +207,23 @@ fn is_complete(text: &str) -> bool {
     }
 }
 
+/// Asks the `faulty` filter's proxy for `/panic-in-body` on a new connection: the connection
+/// closes, and the answer is either a 503 (nothing was sent yet) or one that ends short of what
+/// its framing promises.
+async fn assert_cut_short_when_the_body_traps(proxy: &Proxy) {
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let request = format!("GET /panic-in-body HTTP/1.1\r\nhost: {}\r\n\r\n", proxy.addr);
+    client.write_all(request.as_bytes()).await.unwrap();
+    let (raw, ended) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(ended, Ended::Closed, "{text}");
+    match status_of(&raw) {
+        Some(503) => {}
+        Some(200) => assert!(!is_complete(&text), "a trap must not look like a whole answer: {text:?}"),
+        other => panic!("{other:?}: {text}"),
+    }
+}
+
 /// The app switches to h2c whenever it is asked to, as a careless app (or a hostile one) would.
 fn switches_when_asked(head: &str) -> Answer {
     if head.to_ascii_lowercase().contains("upgrade: h2c") { Answer::SwitchProtocols } else { ok("app page") }
@@ -497,18 +514,7 @@ both_hosts! {
         // sets to this.
         deployment.limits.upstream_timeout = Duration::from_secs(2);
         let proxy = Proxy::start_filter(host, &deployment, Filter::Test("faulty")).await;
-        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-        let request = format!("GET /panic-in-body HTTP/1.1\r\nhost: {}\r\n\r\n", proxy.addr);
-        client.write_all(request.as_bytes()).await.unwrap();
-        let (raw, ended) = read_until_closed(&mut client, Duration::from_secs(10)).await;
-        let text = String::from_utf8_lossy(&raw);
-        assert_eq!(ended, Ended::Closed, "{text}");
-        // Either nothing was sent yet (a 503) or what was sent ends without the last chunk.
-        match status_of(&raw) {
-            Some(503) => {}
-            Some(200) => assert!(!text.ends_with("0\r\n\r\n"), "{text:?}"),
-            other => panic!("{other:?}: {text}"),
-        }
+        assert_cut_short_when_the_body_traps(&proxy).await;
         // The proxy goes on serving.
         tokio::time::sleep(Duration::from_millis(150)).await;
         let mut client = TcpStream::connect(proxy.addr).await.unwrap();
@@ -568,16 +574,6 @@ async fn a_filter_failing_on_a_whole_body_leaves_no_complete_looking_answer() {
     let app = RawApp::start(|_| ok("hello from the app")).await;
     let deployment = common::host::deployment(&format!("http://{}", app.addr));
     let proxy = Proxy::start_filter(host, &deployment, Filter::Test("faulty")).await;
-    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
-    let request = format!("GET /panic-in-body HTTP/1.1\r\nhost: {}\r\n\r\n", proxy.addr);
-    client.write_all(request.as_bytes()).await.unwrap();
-    let (raw, ended) = read_until_closed(&mut client, Duration::from_secs(10)).await;
-    let text = String::from_utf8_lossy(&raw);
-    assert_eq!(ended, Ended::Closed, "{text}");
-    match status_of(&raw) {
-        Some(503) => {}
-        Some(200) => assert!(!is_complete(&text), "a trap must not look like a whole answer: {text:?}"),
-        other => panic!("{other:?}: {text}"),
-    }
+    assert_cut_short_when_the_body_traps(&proxy).await;
     proxy.stop().await;
 }
