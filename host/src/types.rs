@@ -192,7 +192,19 @@ impl HttpCallResponse {
 
     /// What Envoy hands a filter when its call timed out.
     pub fn timeout() -> Self {
-        Self::new(504, &[("content-type", "text/plain")], "upstream request timeout")
+        Self::local(504, "upstream request timeout".to_string())
+    }
+
+    /// What Envoy hands a filter when its call found no upstream to answer it (a refused
+    /// connection, a reset before the response headers): a 503 of its own naming the reason.
+    pub fn unreachable(reason: &str) -> Self {
+        Self::local(503, format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}"))
+    }
+
+    /// An answer the host makes itself, framed as Envoy frames its local replies.
+    fn local(status: u16, body: String) -> Self {
+        let length = body.len().to_string();
+        Self::new(status, &[("content-length", &length), ("content-type", "text/plain")], body)
     }
 }
 

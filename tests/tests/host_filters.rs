@@ -191,6 +191,16 @@ both_hosts! {
         app.shutdown().await;
     }
 
+    async fn a_call_to_an_upstream_that_is_down_is_answered_503_by_the_host(host: Host) {
+        let (proxy, app, _seen) = start(host, "callouts").await;
+        app.shutdown().await;
+        let answer = HttpClient::new().get(&proxy.url("/call?cluster=app"), &[]).await.unwrap();
+        // The filter answers 502 and names the status its call got.
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+        assert_eq!(answer.header("x-call-status"), Some("503"), "{}", answer.text());
+        proxy.stop().await;
+    }
+
     async fn shared_data_is_one_store_for_every_worker(host: Host) {
         let (proxy, app, _seen) = start(host, "callouts").await;
         // A new connection for each request, so that both workers take part.

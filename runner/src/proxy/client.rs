@@ -189,6 +189,10 @@ impl Clusters {
         let response = match self.send(to, &call.headers, body, timeout).await {
             Ok(response) => response,
             Err(UpstreamError::Timeout(_)) => return Some(HttpCallResponse::timeout()),
+            Err(UpstreamError::Unreachable { reason, .. }) => {
+                tracing::debug!(cluster = call.cluster, %reason, "filter call failed");
+                return Some(HttpCallResponse::unreachable(&reason));
+            }
             Err(error) => {
                 tracing::debug!(cluster = call.cluster, %error, "filter call failed");
                 return None;
