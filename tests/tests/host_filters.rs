@@ -67,6 +67,8 @@ both_hosts! {
                     ("x-envoy-retry-on", "5xx"),
                     ("x-remove-me", "1"),
                     ("x-replace", "original"),
+                    ("user-agent", "host-filters-test/1"),
+                    ("referer", "http://localhost/from"),
                 ],
             )
             .await
@@ -80,6 +82,9 @@ both_hosts! {
         assert_eq!(value(&headers, "x-scheme"), Some("http"));
         assert!(value(&headers, "x-source").is_some_and(|s| s.starts_with("127.0.0.1:")), "{headers:?}");
         assert_eq!(value(&headers, "x-plugin"), Some("ory-proxy"));
+        assert_eq!(value(&headers, "x-query"), Some("x=1"));
+        assert_eq!(value(&headers, "x-useragent"), Some("host-filters-test/1"));
+        assert_eq!(value(&headers, "x-referer"), Some("http://localhost/from"));
         // What the filter changed.
         assert_eq!(value(&headers, "x-remove-me"), None);
         assert_eq!(value(&headers, "x-replace"), Some("replaced"));
@@ -103,10 +108,10 @@ both_hosts! {
         assert_ne!(request_id, "chosen-by-the-client");
         assert!(uuid::Uuid::parse_str(request_id).is_ok(), "{request_id}");
         // The filter counted the headers it was shown: 4 pseudo-headers (`host` became
-        // `:authority`), the client's `x-remove-me` and `x-replace`, and the edge's 4
-        // (`x-forwarded-for` in place of the client's, `x-forwarded-proto`,
+        // `:authority`), the client's `x-remove-me`, `x-replace`, `user-agent` and `referer`, and
+        // the edge's 4 (`x-forwarded-for` in place of the client's, `x-forwarded-proto`,
         // `x-envoy-external-address`, `x-request-id` in place of the client's).
-        assert_eq!(value(&headers, "x-count"), Some("10"), "{headers:?}");
+        assert_eq!(value(&headers, "x-count"), Some("12"), "{headers:?}");
         // The response: the filter saw the status and removed `Server`; the router says how
         // long the app took.
         assert_eq!(answer.header("x-status-seen"), Some("200"));

@@ -72,7 +72,14 @@ fn property(state: &VmState, path: &[&str]) -> Option<Vec<u8>> {
             let end = path.iter().position(|&b| b == b'?').unwrap_or(path.len());
             Some(path[..end].to_vec())
         }
+        "request.query" => {
+            let path = header(":path")?;
+            let start = path.iter().position(|&b| b == b'?').map_or(path.len(), |at| at + 1);
+            Some(path[start..].to_vec())
+        }
         "request.host" => header(":authority"),
+        "request.useragent" => header("user-agent"),
+        "request.referer" => header("referer"),
         "request.scheme" => header(":scheme"),
         "request.method" => header(":method"),
         "request.id" => header("x-request-id"),

@@ -43,7 +43,14 @@ impl HttpContext for Headers {
             let value = self.get_http_request_header(name).unwrap_or_default();
             self.add_http_request_header(echo, &value);
         }
-        for (path, echo) in [(vec!["source", "address"], "x-source"), (vec!["plugin_name"], "x-plugin")] {
+        let properties = [
+            (vec!["source", "address"], "x-source"),
+            (vec!["plugin_name"], "x-plugin"),
+            (vec!["request", "query"], "x-query"),
+            (vec!["request", "useragent"], "x-useragent"),
+            (vec!["request", "referer"], "x-referer"),
+        ];
+        for (path, echo) in properties {
             let value = self.get_property(path).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
             self.add_http_request_header(echo, &value);
         }
