@@ -85,6 +85,11 @@ both_hosts! {
         assert_eq!(value(&headers, "x-query"), Some("x=1"));
         assert_eq!(value(&headers, "x-useragent"), Some("host-filters-test/1"));
         assert_eq!(value(&headers, "x-referer"), Some("http://localhost/from"));
+        // WASI's wall clock, to the microsecond as Envoy keeps it.
+        let realtime: u128 = value(&headers, "x-wasi-realtime-ns").unwrap_or_default().parse().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        assert!(now.abs_diff(realtime) < 60_000_000_000, "{realtime} is now");
+        assert_eq!(realtime % 1000, 0, "{realtime}: microseconds");
         // What the filter changed.
         assert_eq!(value(&headers, "x-remove-me"), None);
         assert_eq!(value(&headers, "x-replace"), Some("replaced"));
@@ -107,9 +112,9 @@ both_hosts! {
         let request_id = value(&headers, "x-request-id").expect("a request id");
         assert_ne!(request_id, "chosen-by-the-client");
         assert!(uuid::Uuid::parse_str(request_id).is_ok(), "{request_id}");
-        // The filter counted the headers it was shown: 4 pseudo-headers (`host` became
-        // `:authority`), the client's `x-remove-me`, `x-replace`, `user-agent` and `referer`, and
-        // the edge's 4 (`x-forwarded-for` in place of the client's, `x-forwarded-proto`,
+        // The filter counted the headers it was shown (before adding its own): 4 pseudo-headers
+        // (`host` became `:authority`), the client's `x-remove-me`, `x-replace`, `user-agent` and
+        // `referer`, and the edge's 4 (`x-forwarded-for` in place of the client's, `x-forwarded-proto`,
         // `x-envoy-external-address`, `x-request-id` in place of the client's).
         assert_eq!(value(&headers, "x-count"), Some("12"), "{headers:?}");
         // The response: the filter saw the status and removed `Server`; the router says how

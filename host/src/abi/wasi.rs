@@ -74,7 +74,8 @@ pub(super) fn proc_exit(_: Ctx<'_>, code: i32) -> wasmtime::Result<()> {
 
 pub(super) fn clock_time_get(mut caller: Ctx<'_>, clock_id: i32, _precision: i64, return_time: u32) -> i32 {
     let nanos = match ClockId::try_from(clock_id) {
-        Ok(ClockId::Realtime) => caller.data().env.clock.unix_nanos(),
+        // To the microsecond, as Envoy's runtimes answer it.
+        Ok(ClockId::Realtime) => caller.data().env.clock.unix_nanos() / 1_000 * 1_000,
         Ok(ClockId::Monotonic | ClockId::ProcessCputime | ClockId::ThreadCputime) => {
             caller.data().started.elapsed().as_nanos() as u64
         }

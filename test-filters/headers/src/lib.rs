@@ -54,6 +54,9 @@ impl HttpContext for Headers {
             let value = self.get_property(path).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
             self.add_http_request_header(echo, &value);
         }
+        // WASI's clocks, as `std::time` reads them.
+        let realtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.add_http_request_header("x-wasi-realtime-ns", &realtime.as_nanos().to_string());
         self.set_http_request_header("x-remove-me", None);
         self.set_http_request_header("x-replace", Some("replaced"));
         self.add_http_request_header("x-added", "one");
