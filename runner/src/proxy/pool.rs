@@ -71,8 +71,9 @@ struct Common {
     workers: Vec<mpsc::WeakUnboundedSender<Command>>,
 }
 
-/// The handle to every worker: hands them connections, and stops them when dropped (each worker
-/// finishes when its last job has, or when the runtime it runs is dropped).
+/// The handle to every worker: hands them connections, and stops them when dropped (a worker
+/// leaves its loop once no handle is left, and what still runs on it ends with its runtime; the
+/// server drains its connections before it lets the pool go).
 pub struct FilterPool {
     workers: Vec<mpsc::UnboundedSender<Command>>,
     next: AtomicUsize,
