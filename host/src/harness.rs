@@ -142,6 +142,7 @@ impl Harness {
             source: "127.0.0.1:50000".parse().ok(),
             destination: "127.0.0.1:4000".parse().ok(),
             protocol: "HTTP/1.1".into(),
+            connection_id: Some(1),
         };
         let (exchange, step) = Exchange::open(&mut self.vm, info, self.max_buffer)?;
         let id = exchange.context();

@@ -232,6 +232,9 @@ pub struct StreamInfo {
     pub source: Option<std::net::SocketAddr>,
     pub destination: Option<std::net::SocketAddr>,
     pub protocol: String,
+    /// The same for every stream of one downstream connection, and unique among them
+    /// (`connection.id`).
+    pub connection_id: Option<u64>,
 }
 
 #[cfg(test)]

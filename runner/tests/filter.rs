@@ -159,6 +159,7 @@ impl Streamed {
             source: "127.0.0.1:50000".parse().ok(),
             destination: "127.0.0.1:4000".parse().ok(),
             protocol: "HTTP/1.1".into(),
+            connection_id: Some(1),
         };
         let (mut exchange, step) = Exchange::open(&mut h.vm, info, 1 << 20).expect("opened");
         let mut out = step.out;

@@ -126,6 +126,23 @@ both_hosts! {
         app.shutdown().await;
     }
 
+    async fn the_connection_id_names_the_connection(host: Host) {
+        let (proxy, app, seen) = start(host, "headers").await;
+        let id_of_last = || value(&last_seen(&seen).1, "x-connection-id").map(str::to_string);
+        let kept_alive = HttpClient::new();
+        kept_alive.get(&proxy.url("/first"), &[]).await.unwrap();
+        let first = id_of_last();
+        kept_alive.get(&proxy.url("/again"), &[]).await.unwrap();
+        let again = id_of_last();
+        HttpClient::new().get(&proxy.url("/other"), &[]).await.unwrap();
+        let other = id_of_last();
+        assert!(first.as_deref().is_some_and(|id| id.parse::<u64>().is_ok()), "{first:?}");
+        assert_eq!(first, again, "one connection, one id");
+        assert_ne!(first, other, "another connection, another id");
+        proxy.stop().await;
+        app.shutdown().await;
+    }
+
     async fn a_changed_path_is_where_the_request_goes(host: Host) {
         let (proxy, app, seen) = start(host, "headers").await;
         let answer = HttpClient::new().get(&proxy.url("/rewrite-me"), &[]).await.unwrap();

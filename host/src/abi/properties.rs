@@ -84,6 +84,7 @@ fn property(state: &VmState, path: &[&str]) -> Option<Vec<u8>> {
         "request.method" => header(":method"),
         "request.id" => header("x-request-id"),
         "request.protocol" => text(&stream?.info.protocol),
+        "connection.id" => Some(stream?.info.connection_id?.to_le_bytes().to_vec()),
         "response.code" => {
             let status = stream?.response_headers.get_str(":status")?;
             int(status.parse().ok()?)

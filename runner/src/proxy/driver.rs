@@ -167,6 +167,7 @@ pub async fn drive(
         source: Some(connection.peer),
         destination: Some(connection.local),
         protocol: protocol(request.version()).to_string(),
+        connection_id: Some(connection.id),
     };
     let (lease, exchange) = match shared.worker.open(info) {
         Ok(opened) => opened,

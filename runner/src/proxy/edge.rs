@@ -13,6 +13,8 @@ use super::client::{Body, full};
 /// What the driver knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct Connection {
+    /// Unique among the proxy's connections (`connection.id`).
+    pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,

@@ -233,6 +233,9 @@ async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
     })
 }
 
+/// Numbers the connections, across workers and proxies, from 1.
+static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Runs hyper's tasks (HTTP/2 streams) on the worker thread that serves their connection.
 #[derive(Clone, Copy)]
 struct LocalExecutor;
@@ -278,6 +281,7 @@ impl Accepted {
         };
         let shared = Rc::new(Shared { worker, routes, upstream_timeout: limits.upstream_timeout });
         let local = stream.local_addr().unwrap_or(peer);
+        let id = NEXT_CONNECTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let opening = async {
             match sniff(&stream).await? {
                 Sniffed::Closed => Ok(None),
@@ -309,13 +313,13 @@ impl Accepted {
             Stream::Plain(stream) => {
                 let activity = Activity::new(!starts_http2(&stream).await);
                 let io = TokioIo::new(Watched::new(stream, activity.clone()));
-                served.serve(io, Connection { peer, local, tls: false }, activity).await
+                served.serve(io, Connection { id, peer, local, tls: false }, activity).await
             }
             Stream::Tls(stream) => {
                 let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                 let activity = Activity::new(!http2);
                 let io = TokioIo::new(Watched::new(stream, activity.clone()));
-                served.serve(io, Connection { peer, local, tls: true }, activity).await
+                served.serve(io, Connection { id, peer, local, tls: true }, activity).await
             }
         }
     }

@@ -54,6 +54,9 @@ impl HttpContext for Headers {
             let value = self.get_property(path).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
             self.add_http_request_header(echo, &value);
         }
+        let connection = self.get_property(vec!["connection", "id"]).and_then(|bytes| bytes.try_into().ok());
+        let connection = connection.map(u64::from_le_bytes).map(|id| id.to_string()).unwrap_or_default();
+        self.add_http_request_header("x-connection-id", &connection);
         // WASI's clocks, as `std::time` reads them.
         let realtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         self.add_http_request_header("x-wasi-realtime-ns", &realtime.as_nanos().to_string());
