@@ -127,15 +127,33 @@ both_hosts! {
     }
 
     async fn the_connection_id_names_the_connection(host: Host) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let (proxy, app, seen) = start(host, "headers").await;
-        let id_of_last = || value(&last_seen(&seen).1, "x-connection-id").map(str::to_string);
-        let kept_alive = HttpClient::new();
-        kept_alive.get(&proxy.url("/first"), &[]).await.unwrap();
-        let first = id_of_last();
-        kept_alive.get(&proxy.url("/again"), &[]).await.unwrap();
-        let again = id_of_last();
-        HttpClient::new().get(&proxy.url("/other"), &[]).await.unwrap();
-        let other = id_of_last();
+        // Two requests on one connection (the second closes it), then one on another.
+        let on_one_connection = |paths: &[&str]| {
+            let mut requests = String::new();
+            for (index, path) in paths.iter().enumerate() {
+                let close = if index + 1 == paths.len() { "connection: close\r\n" } else { "" };
+                requests.push_str(&format!("GET {path} HTTP/1.1\r\nhost: {}\r\n{close}\r\n", proxy.addr));
+            }
+            async move {
+                let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+                stream.write_all(requests.as_bytes()).await.unwrap();
+                let mut answers = Vec::new();
+                tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut answers))
+                    .await
+                    .expect("the proxy answers and closes")
+                    .unwrap();
+            }
+        };
+        on_one_connection(&["/first", "/again"]).await;
+        on_one_connection(&["/other"]).await;
+        let id_of = |path: &str| {
+            let seen = seen.lock().unwrap();
+            let (_, headers) = seen.iter().find(|(seen_path, _)| seen_path == path).expect("the app was reached");
+            value(headers, "x-connection-id").map(str::to_string)
+        };
+        let (first, again, other) = (id_of("/first"), id_of("/again"), id_of("/other"));
         assert!(first.as_deref().is_some_and(|id| id.parse::<u64>().is_ok()), "{first:?}");
         assert_eq!(first, again, "one connection, one id");
         assert_ne!(first, other, "another connection, another id");
