@@ -8,6 +8,8 @@
 //! `https://localhost:4000.evil.com` — is refused. Upstream CORS headers are removed from
 //! responses ([`strip_upstream_cors`]) so they are neither duplicated nor able to widen the policy.
 
+use std::borrow::Cow;
+
 use crate::origin::Origin;
 
 /// Methods a preflight may ask for.
@@ -122,6 +124,19 @@ impl CorsPolicy {
             self.allowed_origins.push(normalised);
         }
         Ok(())
+    }
+
+    /// This policy with `proxy_origin` (the proxy origin a request came in through) allowed
+    /// too: borrowed when it already is, as the public origin always is, so that the usual
+    /// request copies nothing.
+    pub fn with_proxy_origin(&self, proxy_origin: &Origin) -> Cow<'_, CorsPolicy> {
+        let origin = proxy_origin.to_string();
+        if self.allowed_origins.contains(&origin) {
+            return Cow::Borrowed(self);
+        }
+        let mut policy = self.clone();
+        policy.allowed_origins.push(origin);
+        Cow::Owned(policy)
     }
 
     /// The allowed origins, normalised.

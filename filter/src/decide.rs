@@ -5,6 +5,8 @@
 //! The host routes on the `:path` the filter leaves, so the decision always writes the normalised
 //! path back. Each step is built from the pure modules beside this one.
 
+use std::borrow::Cow;
+
 use crate::config::OryConfig;
 use crate::cors::{CorsPolicy, is_preflight, strip_upstream_cors};
 use crate::entry::SessionResult;
@@ -66,11 +68,8 @@ pub struct AppRequest {
 }
 
 /// The CORS policy for a request: the configured origins plus the proxy origin the browser used.
-pub fn cors_policy(config: &OryConfig, origin: &Origin) -> CorsPolicy {
-    let mut policy = config.cors.clone();
-    // The origin is valid by construction (scheme and canonical host); nothing to report.
-    let _ = policy.allow_origin(&origin.to_string());
-    policy
+pub fn cors_policy<'a>(config: &'a OryConfig, origin: &Origin) -> Cow<'a, CorsPolicy> {
+    config.cors.with_proxy_origin(origin)
 }
 
 /// Decides what to do with a request. `origin` is the proxy origin the client used
@@ -249,12 +248,7 @@ pub fn decide_response(
     let mut out: Headers = headers.to_vec();
     if !ctx.preflight {
         strip_upstream_cors(&mut out);
-        // Most requests carry no Origin: then there is no policy to consult, only `Vary` to add.
-        let cors = match ctx.request_origin {
-            Some(_) => cors_policy(config, ctx.origin).response_headers(ctx.request_origin),
-            None => config.cors.response_headers(None),
-        };
-        out.extend(cors);
+        out.extend(cors_policy(config, ctx.origin).response_headers(ctx.request_origin));
     }
     set_header(&mut out, STRICT_TRANSPORT_SECURITY.0, STRICT_TRANSPORT_SECURITY.1);
     let browser_https = ctx.origin.scheme() == crate::origin::Scheme::Https;
