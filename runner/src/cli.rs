@@ -468,7 +468,8 @@ mod tests {
         let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
         let deployment = resolve_with(&args, None).unwrap();
         assert!(deployment.protection.ignore_case);
-        assert_eq!(deployment.pass_client_headers, ["x-remote-user", "remote-user"]);
+        let passed: Vec<&str> = deployment.pass_client_headers.iter().map(|name| name.as_str()).collect();
+        assert_eq!(passed, ["x-remote-user", "remote-user"]);
 
         for bad in ["X-Forwarded-User", "x-tenant", "not a name"] {
             let flags = [&base[..], &["--pass-client-header", bad]].concat();

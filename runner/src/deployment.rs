@@ -10,10 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+/// The type of [`Deployment::pass_client_headers`].
+pub use ory_proxy_filter::config::PassableHeader;
 use ory_proxy_filter::config::{
     CookiePrefix, CorsHeaders, CorsOrigins, DEFAULT_JWT_TTL_SECONDS, DEFAULT_ORY_CLUSTER, DEFAULT_PROXY_NAMES,
-    FilterConfig, JwtSettings, OrySettings, PassableHeader, PathGlobs, PathPrefixes, PathRegexes, Protect,
-    SessionCacheSettings,
+    FilterConfig, JwtSettings, OrySettings, PathGlobs, PathPrefixes, PathRegexes, Protect, SessionCacheSettings,
 };
 use ory_proxy_filter::rewrite::ORY_PREFIX;
 use url::Url;
@@ -67,8 +68,8 @@ pub struct Deployment {
     pub ory_url: Option<Url>,
     pub project_api_key: Option<String>,
     pub protection: Protection,
-    /// Identity headers clients may send to the app after all.
-    pub pass_client_headers: Vec<String>,
+    /// Identity headers clients may send to the app after all (checked as they are made).
+    pub pass_client_headers: Vec<PassableHeader>,
     pub jwt_enabled: bool,
     pub jwt_ttl: Duration,
     pub jwt_audience: Option<String>,
@@ -156,7 +157,7 @@ pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<De
     let pass_client_headers = args
         .pass_client_header
         .iter()
-        .map(|name| PassableHeader::try_from(name.as_str()).map(String::from))
+        .map(|name| PassableHeader::try_from(name.as_str()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| anyhow::anyhow!("--pass-client-header: {err}"))?;
     let (signing_key, _) = match &args.jwt_key {
@@ -367,12 +368,7 @@ impl Deployment {
         filter.public_url = Some(self.public_url.as_str().trim_end_matches('/').to_string());
         filter.proxy_names = proxy_names(&self.listen, &self.public_url);
         filter.protect = self.protection.to_filter()?;
-        filter.pass_client_headers = self
-            .pass_client_headers
-            .iter()
-            .map(|name| PassableHeader::try_from(name.as_str()))
-            .collect::<Result<_, _>>()
-            .map_err(|err| anyhow::anyhow!("--pass-client-header: {err}"))?;
+        filter.pass_client_headers = self.pass_client_headers.clone();
         filter.jwt = JwtSettings {
             enabled: self.jwt_enabled,
             ttl_seconds: NonZeroU64::new(self.jwt_ttl.as_secs()).context("--jwt-ttl must be at least 1s")?,
@@ -494,7 +490,7 @@ mod tests {
         assert_eq!(written(&plain).get("pass_client_headers"), None);
 
         deployment.protection.ignore_case = true;
-        deployment.pass_client_headers = vec!["x-remote-user".into()];
+        deployment.pass_client_headers = vec![PassableHeader::try_from("x-remote-user").unwrap()];
         let set = deployment.plan().unwrap();
         assert_eq!(written(&set)["protect"]["ignore_case"], true);
         assert_eq!(written(&set)["pass_client_headers"], json!(["x-remote-user"]));

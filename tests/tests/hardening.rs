@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use common::app::{RecordingApp, ory_deployment};
 use common::host::{Host, Proxy};
 use http::StatusCode;
-use ory_proxy::deployment::Deployment;
+use ory_proxy::deployment::{Deployment, PassableHeader};
 use ory_proxy_tests::http::HttpClient;
 use ory_proxy_tests::standin::{DEMO_EMAIL, RunningStandin, Standin, StandinConfig};
 use serde_json::{Value, json};
@@ -95,7 +95,7 @@ fn verified_kid(jwks: &Value, jwt: &str) -> String {
 both_hosts! {
     async fn identity_headers_never_reach_the_app_unless_passed(host: Host) {
         let world = World::start(host, |deployment| {
-            deployment.pass_client_headers = vec!["x-remote-user".into()];
+            deployment.pass_client_headers = vec![PassableHeader::try_from("x-remote-user").unwrap()];
         })
         .await;
         let before = world.count();
