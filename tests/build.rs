@@ -9,6 +9,7 @@ fn main() {
         "test-filter-faulty",
         "test-filter-unknown-import",
         "test-filter-noop",
+        "test-filter-plugin",
     ];
     let out = wasm_build::build(&packages, &["test-filters"]);
     println!("cargo:rustc-env=ORY_PROXY_TEST_FILTERS_DIR={}", out.display());

@@ -111,6 +111,7 @@ impl Exchange {
 
     pub fn request_data(&mut self, vm: &mut Vm, data: &[u8], end: bool) -> Result<Step, VmError> {
         let mut step = Step::default();
+        vm.stream_mut(self.context)?.request_body_received += data.len() as u64;
         self.data(vm, Direction::Request, data, end, &mut step)?;
         Ok(step)
     }
@@ -121,7 +122,9 @@ impl Exchange {
             // The upstream lost the race against a local reply: ignore it.
             return Ok(step);
         }
-        vm.stream_mut(self.context)?.response_headers = headers;
+        let stream = vm.stream_mut(self.context)?;
+        stream.response_headers = headers;
+        stream.response_code_details = Some("via_upstream".into());
         self.response.ended = end;
         self.headers(vm, Direction::Response, &mut step)?;
         Ok(step)
@@ -133,6 +136,14 @@ impl Exchange {
             self.data(vm, Direction::Response, data, end, &mut step)?;
         }
         Ok(step)
+    }
+
+    /// Names the cluster the host routes this stream to (`xds.cluster_name`), or none: the route
+    /// for the request as it arrived before its headers callback, then for the request as the
+    /// filter left it.
+    pub fn route_to(&self, vm: &mut Vm, cluster: Option<&str>) -> Result<(), VmError> {
+        vm.stream_mut(self.context)?.cluster = cluster.map(str::to_string);
+        Ok(())
     }
 
     /// Applies an effect for this exchange that arrived later (e.g. from an HTTP call answer).
@@ -339,7 +350,8 @@ impl Exchange {
         let from_response_path = self.response.stage == Stage::HeadersPaused;
         self.replied = true;
         self.request.stage = Stage::Done;
-        step.out.push(Out::Replied { details: reply.details });
+        let details = reply.details;
+        step.out.push(Out::Replied { details: details.clone() });
         let mut headers = HeaderList::new();
         headers.add(":status", reply.status.to_string().as_bytes());
         for (name, value) in reply.headers.0 {
@@ -357,6 +369,7 @@ impl Exchange {
         let stream = vm.stream_mut(self.context)?;
         stream.response_headers = headers.clone();
         stream.response_body.clear();
+        stream.response_code_details = Some(details);
         if from_response_path {
             self.response = Half { stage: Stage::Done, ended: true, ..Half::default() };
             let headers_only = reply.body.is_empty();

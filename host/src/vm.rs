@@ -18,8 +18,11 @@ use super::types::{Action, Effect, HeaderList, HttpCallResponse, StreamInfo};
 /// How a plugin is set up, in Envoy's terms.
 #[derive(Debug, Clone, Default)]
 pub struct PluginSpec {
-    /// `plugin_name` / `plugin_root_id`.
+    /// `plugin_name`: names the plugin in logs.
     pub name: String,
+    /// `plugin_root_id`: which root context the module should make (Go and C++ SDK filters
+    /// choose theirs by it). Envoy's default is empty, as here.
+    pub root_id: String,
     /// `plugin_vm_id`, also the namespace of shared queues.
     pub vm_id: String,
     /// Handed to `on_configure`.
@@ -264,6 +267,17 @@ pub(crate) enum Phase {
 #[derive(Debug, Default, Clone)]
 pub struct StreamData {
     pub info: StreamInfo,
+    /// When the stream began (`request.time`).
+    pub started: Option<std::time::SystemTime>,
+    /// Request body bytes that arrived from the client so far (`request.size` without a
+    /// `content-length`).
+    pub request_body_received: u64,
+    /// The cluster the stream is routed to (`xds.cluster_name`): the host's route for the
+    /// request as it is now.
+    pub cluster: Option<String>,
+    /// How the response came about (`response.code_details`): `via_upstream`, or the details of
+    /// the filter's local reply.
+    pub response_code_details: Option<String>,
     pub request_headers: HeaderList,
     pub request_body: Vec<u8>,
     pub request_trailers: HeaderList,
@@ -496,7 +510,8 @@ impl Vm {
     pub fn create_stream(&mut self, info: StreamInfo) -> Result<u32, VmError> {
         let context = self.next_context;
         self.next_context += 1;
-        self.store.data_mut().streams.insert(context, StreamData { info, ..Default::default() });
+        let stream = StreamData { info, started: Some(std::time::SystemTime::now()), ..Default::default() };
+        self.store.data_mut().streams.insert(context, stream);
         self.set_effective(context);
         let create = self.exports.on_context_create.clone();
         let root = self.root;

@@ -73,6 +73,9 @@ pub enum Command {
     /// Run the proxy in front of your app.
     #[command(long_about = LOCAL_HELP)]
     Local(LocalArgs),
+    /// Run any proxy-wasm filter with the clusters, routes and configuration Envoy would give it.
+    #[command(long_about = RUN_HELP)]
+    Run(RunArgs),
     /// Print the Envoy configuration that runs the same filter with the same settings.
     #[command(long_about = ENVOY_HELP)]
     EnvoyConfig(EnvoyArgs),
@@ -140,15 +143,6 @@ pub struct LocalArgs {
     /// The URL of your app, e.g. http://localhost:3000.
     #[arg(value_parser = http_url)]
     pub upstream: Url,
-
-    /// The port to listen on.
-    #[arg(long, env = "PORT", default_value_t = 4000)]
-    pub port: u16,
-
-    /// The address to listen on. Anything but a loopback address makes the proxy reachable from
-    /// other machines.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
 
     /// Your Ory (Network or self-hosted Kratos) public URL. ORY_KRATOS_URL is read too.
     #[arg(long, env = "ORY_SDK_URL", value_parser = http_url_or_empty)]
@@ -260,8 +254,46 @@ pub struct LocalArgs {
     #[arg(long)]
     pub rewrite_host: bool,
 
-    /// Verify HTTPS upstreams (Ory, an https app) against the CA certificates in this PEM file
-    /// only, instead of the usual public roots (the runner: Mozilla's, built in; Envoy:
+    /// Run this proxy-wasm filter instead of the built-in one. It is handed the Ory
+    /// configuration and the JWT signing key: for other filters, use `ory-proxy run`.
+    #[arg(long, value_name = "FILE.wasm")]
+    pub filter: Option<PathBuf>,
+
+    /// An Ory project API key, sent to Ory with every request through /.ory/.
+    #[arg(long, env = "ORY_PROJECT_API_KEY", hide_env_values = true)]
+    pub project_api_key: Option<String>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Where and how the proxy listens, and the limits on clients and upstreams: the same for
+/// `local` and `run`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 4000)]
+    pub port: u16,
+
+    /// The address to listen on. Anything but a loopback address makes the proxy reachable from
+    /// other machines.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Serve plain HTTP only (by default the port answers HTTPS and HTTP alike).
+    #[arg(long)]
+    pub no_https: bool,
+
+    /// Do not add the local HTTPS certificate authority to the OS and browser trust stores.
+    #[arg(long)]
+    pub dont_install_cert: bool,
+
+    /// Do not open the browser at start.
+    #[arg(long)]
+    pub no_open: bool,
+
+    /// Verify HTTPS upstreams (Ory, an https app or cluster) against the CA certificates in this
+    /// PEM file only, instead of the usual public roots (the runner: Mozilla's, built in; Envoy:
     /// /etc/ssl/certs/ca-certificates.crt). For a self-hosted Kratos with a private CA.
     #[arg(long, value_name = "FILE")]
     pub upstream_ca_file: Option<PathBuf>,
@@ -287,31 +319,170 @@ pub struct LocalArgs {
           default_value_t = (Limits::default().max_request_headers_bytes / 1024) as u32)]
     pub max_request_headers_kb: u32,
 
-    /// The longest your app or Ory may stay silent: waiting for response headers (then 504), and
-    /// between chunks of a response body (then the response is cut short).
+    /// The longest an upstream (your app, Ory, a cluster) may stay silent: waiting for response
+    /// headers (then 504), and between chunks of a response body (then the response is cut short).
     #[arg(long, value_name = "DURATION", value_parser = parse_nonzero_duration, help_heading = "Limits",
           default_value_t = Limits::default().upstream_timeout.into())]
     pub upstream_timeout: humantime::Duration,
+}
 
-    /// Run this proxy-wasm filter instead of the built-in one.
+impl ServeArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            request_headers_timeout: self.request_headers_timeout.into(),
+            idle_timeout: self.idle_timeout.into(),
+            max_connections: self.max_connections.get() as usize,
+            max_request_headers_bytes: self.max_request_headers_kb as usize * 1024,
+            upstream_timeout: self.upstream_timeout.into(),
+        }
+    }
+}
+
+const RUN_HELP: &str = "\
+Runs any proxy-wasm filter (ABI v0.2.1) as Envoy would run it: give it clusters to call, routes
+to send requests on, its plugin and VM configuration, and its name, root id and VM id, as an
+Envoy configuration would. Nothing of Ory is involved: the filter gets only what these flags say
+(the signing key of `ory-proxy local` never reaches it).
+
+Envoy's configuration maps to flags like this:
+  config.name                          --plugin-name NAME
+  config.root_id                       --root-id ID
+  config.vm_config.vm_id               --vm-id ID
+  config.configuration (a string)      --filter-config TEXT, or @FILE
+  config.vm_config.configuration       --vm-config TEXT, or @FILE
+  vm_config.environment_variables      --vm-env NAME=VALUE (repeatable)
+  a cluster with one endpoint          --cluster NAME=http://host:port (repeatable)
+  a route: prefix to a cluster         --route /prefix=NAME (repeatable; the longest prefix wins)
+  a wasm service (envoy.bootstrap.wasm, singleton)   --service (no listener, one VM)
+
+--upstream URL is short for `--cluster upstream=URL --route /=upstream`. Names, root and VM id
+default to empty, as in Envoy.
+
+Examples:
+  ory-proxy run --filter http_headers.wasm --upstream http://localhost:3000 --root-id http_headers
+  ory-proxy run --filter auth.wasm --upstream http://localhost:3000 \\
+      --cluster httpbin=http://127.0.0.1:8000 --filter-config @auth.json --no-https
+  ory-proxy run --filter hello_world.wasm --service --vm-config '{\"greeting\":\"hi\"}'";
+
+/// `ory-proxy run`: a filter of anybody's, with what an Envoy configuration would give it.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The proxy-wasm module to run.
     #[arg(long, value_name = "FILE.wasm")]
-    pub filter: Option<PathBuf>,
+    pub filter: PathBuf,
 
-    /// An Ory project API key, sent to Ory with every request through /.ory/.
-    #[arg(long, env = "ORY_PROJECT_API_KEY", hide_env_values = true)]
-    pub project_api_key: Option<String>,
+    /// Send requests to this URL: the cluster `upstream`, and the route `/` to it (an upstream
+    /// with a path serves below it).
+    #[arg(long, value_name = "URL", value_parser = http_url)]
+    pub upstream: Option<Url>,
 
-    /// Serve plain HTTP only (by default the port answers HTTPS and HTTP alike).
-    #[arg(long)]
-    pub no_https: bool,
+    /// A cluster the filter may call (and routes may send to): a name and where it is, e.g.
+    /// httpbin=http://127.0.0.1:8000. Repeatable.
+    #[arg(long = "cluster", value_name = "NAME=URL", value_parser = parse_cluster)]
+    pub clusters: Vec<ClusterArg>,
 
-    /// Do not add the local HTTPS certificate authority to the OS and browser trust stores.
-    #[arg(long)]
-    pub dont_install_cert: bool,
+    /// Send paths starting with PREFIX to the cluster NAME, e.g. /api=backend. Repeatable.
+    #[arg(long = "route", value_name = "PREFIX=NAME", value_parser = parse_route)]
+    pub routes: Vec<RouteArg>,
 
-    /// Do not open the browser at start.
-    #[arg(long)]
-    pub no_open: bool,
+    /// The plugin configuration the filter reads in on_configure: text, or @FILE for a file's.
+    #[arg(long, value_name = "TEXT|@FILE", value_parser = parse_text_or_file)]
+    pub filter_config: Option<TextOrFile>,
+
+    /// The VM configuration the filter reads in on_vm_start: text, or @FILE for a file's.
+    #[arg(long, value_name = "TEXT|@FILE", value_parser = parse_text_or_file)]
+    pub vm_config: Option<TextOrFile>,
+
+    /// An environment variable of the filter's VMs (WASI environ), e.g. LOG_LEVEL=debug. The
+    /// runner's own environment is never passed. Repeatable.
+    #[arg(long = "vm-env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    pub vm_env: Vec<(String, String)>,
+
+    /// The plugin's name (the property plugin_name; in log lines).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    pub plugin_name: String,
+
+    /// The plugin's root id (the property plugin_root_id): Go and C++ SDK filters choose their
+    /// root context by it.
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub root_id: String,
+
+    /// The VM id (the property plugin_vm_id; the namespace of shared queues).
+    #[arg(long, value_name = "ID", default_value = "")]
+    pub vm_id: String,
+
+    /// Run a root-only plugin, as Envoy's wasm service does: one VM with its root context (ticks,
+    /// calls, shared data and queues), no listener and no HTTP streams.
+    #[arg(long, conflicts_with_all = ["upstream", "routes"])]
+    pub service: bool,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// `--cluster NAME=URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterArg {
+    pub name: String,
+    pub url: Url,
+}
+
+/// `--route PREFIX=NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteArg {
+    pub prefix: String,
+    pub cluster: String,
+}
+
+/// A flag's text, or the file (`@FILE`) to read it from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextOrFile {
+    Text(String),
+    File(PathBuf),
+}
+
+fn parse_text_or_file(text: &str) -> Result<TextOrFile, String> {
+    match text.strip_prefix('@') {
+        Some("") => Err("@ needs a file name, e.g. @config.json".into()),
+        Some(path) => Ok(TextOrFile::File(PathBuf::from(path))),
+        None => Ok(TextOrFile::Text(text.to_string())),
+    }
+}
+
+/// Cluster names as Envoy accepts them in practice: letters, digits, `_`, `-`, `.`, `:`.
+fn is_cluster_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+fn parse_cluster(text: &str) -> Result<ClusterArg, String> {
+    let (name, url) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=URL"))?;
+    if !is_cluster_name(name) {
+        return Err(format!("`{name}` is not a cluster name (letters, digits, _ - . :)"));
+    }
+    let url = http_url(url)?;
+    if url.path() != "/" || url.query().is_some() {
+        return Err(format!("`{url}`: a cluster is a host and port, without a path (routes rewrite paths)"));
+    }
+    Ok(ClusterArg { name: name.to_string(), url })
+}
+
+fn parse_route(text: &str) -> Result<RouteArg, String> {
+    let (prefix, cluster) = text.split_once('=').ok_or_else(|| format!("`{text}` is not PREFIX=NAME"))?;
+    if !prefix.starts_with('/') {
+        return Err(format!("`{prefix}`: a route's prefix starts with /"));
+    }
+    if !is_cluster_name(cluster) {
+        return Err(format!("`{cluster}` is not a cluster name (letters, digits, _ - . :)"));
+    }
+    Ok(RouteArg { prefix: prefix.to_string(), cluster: cluster.to_string() })
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
+    if name.is_empty() || name.contains('\0') || value.contains('\0') {
+        return Err(format!("`{text}`: a variable needs a name, and neither may hold NUL"));
+    }
+    Ok((name.to_string(), value.to_string()))
 }
 
 /// A duration as humans write it (`500ms`, `60s`, `5m`, `1h30m`); a bare number is seconds.
@@ -383,12 +554,12 @@ mod tests {
     #[test]
     fn local_defaults_follow_the_seed() {
         let Command::Local(args) = parse(&["local", "http://localhost:3000"]).unwrap().command else { unreachable!() };
-        assert_eq!(args.host, "127.0.0.1");
+        assert_eq!(args.serve.host, "127.0.0.1");
         assert_eq!(Duration::from(args.jwt_ttl), Duration::from_secs(60));
-        assert_eq!(Duration::from(args.idle_timeout), Limits::default().idle_timeout);
+        assert_eq!(args.serve.limits(), Limits::default());
         assert!(args.protect_path_prefix.is_empty());
         // PORT may be set in the environment of whoever runs the tests; only check it parsed.
-        let _ = args.port;
+        let _ = args.serve.port;
     }
 
     #[test]
@@ -417,12 +588,12 @@ mod tests {
         let key_arg = key.to_str().unwrap();
         let base = ["local", "http://localhost:3000", "--port", "4000", "--jwt-key", key_arg];
         let Command::Local(args) = parse(&base).unwrap().command else { unreachable!() };
-        assert!(!args.no_https && !args.dont_install_cert && !args.no_open);
+        assert!(!args.serve.no_https && !args.serve.dont_install_cert && !args.serve.no_open);
         assert_eq!(resolve_with(&args, None).unwrap().public_url.as_str(), "https://localhost:4000/");
 
         let flags = [&base[..], &["--no-https", "--dont-install-cert", "--no-open"]].concat();
         let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
-        assert!(args.no_https && args.dont_install_cert && args.no_open);
+        assert!(args.serve.no_https && args.serve.dont_install_cert && args.serve.no_open);
         assert_eq!(resolve_with(&args, None).unwrap().public_url.as_str(), "http://localhost:4000/");
         std::fs::remove_file(&key).unwrap();
     }

@@ -19,7 +19,7 @@ use ory_proxy_filter::config::{
 use ory_proxy_filter::rewrite::ORY_PREFIX;
 use url::Url;
 
-use crate::cli::{EnvoyArgs, LocalArgs, UrlOrEmpty};
+use crate::cli::{EnvoyArgs, LocalArgs, RunArgs, ServeArgs, TextOrFile, UrlOrEmpty};
 use crate::proxy::{Cluster, Limits, Route};
 use crate::{home, ory_url};
 
@@ -145,15 +145,7 @@ pub async fn resolve(args: &LocalArgs) -> anyhow::Result<Deployment> {
 
 /// [`resolve`] with Ory already found (or not used).
 pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<Deployment> {
-    let listen = listen_address(&args.host, args.port)?;
-    let public_host = if listen.ip().is_loopback() || listen.ip().is_unspecified() {
-        "localhost".to_string()
-    } else {
-        args.host.clone()
-    };
-    let scheme = if args.no_https { "http" } else { "https" };
-    let public_url = Url::parse(&format!("{scheme}://{public_host}:{}", args.port))
-        .with_context(|| format!("--host: `{}` cannot be a URL's host", args.host))?;
+    let (listen, public_url) = listen_and_public_url(&args.serve)?;
     let pass_client_headers = args
         .pass_client_header
         .iter()
@@ -186,14 +178,8 @@ pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<De
         allowed_cors_origins: args.allowed_cors_origins.clone(),
         additional_cors_headers: args.additional_cors_headers.clone(),
         rewrite_host: args.rewrite_host,
-        upstream_ca_file: args.upstream_ca_file.clone(),
-        limits: Limits {
-            request_headers_timeout: args.request_headers_timeout.into(),
-            idle_timeout: args.idle_timeout.into(),
-            max_connections: args.max_connections.get() as usize,
-            max_request_headers_bytes: args.max_request_headers_kb as usize * 1024,
-            upstream_timeout: args.upstream_timeout.into(),
-        },
+        upstream_ca_file: args.serve.upstream_ca_file.clone(),
+        limits: args.serve.limits(),
         signing_key,
         inline_signing_key: false,
         max_concurrent_whoami: args.max_concurrent_whoami.map(std::num::NonZeroU32::get),
@@ -210,10 +196,84 @@ pub async fn resolve_for_envoy(args: &EnvoyArgs) -> anyhow::Result<Plan> {
     // The Envoy listener this prints is plain HTTP (TLS is the runner's, or a load balancer's
     // in front of Envoy): plan it as `local --no-https` would.
     let mut local = args.local.clone();
-    local.no_https = true;
+    local.serve.no_https = true;
     let mut deployment = resolve(&local).await?;
     deployment.inline_signing_key = args.inline_signing_key;
     deployment.plan()
+}
+
+/// The cluster `--upstream` makes for `ory-proxy run`.
+pub const UPSTREAM_CLUSTER: &str = "upstream";
+
+/// The plan `ory-proxy run` asks for: anybody's filter with the clusters, routes and
+/// configuration given, and nothing of ours (no Ory, no signing key).
+pub fn resolve_run(args: &RunArgs) -> anyhow::Result<Plan> {
+    let (listen, public_url) = listen_and_public_url(&args.serve)?;
+    let mut clusters = Vec::new();
+    let mut routes = Vec::new();
+    if let Some(upstream) = &args.upstream {
+        let (cluster, route) = upstream_route(UPSTREAM_CLUSTER, upstream).context("--upstream")?;
+        clusters.push(cluster);
+        routes.push(route);
+    }
+    for given in &args.clusters {
+        if clusters.iter().any(|cluster: &Cluster| cluster.name == given.name) {
+            let why = if given.name == UPSTREAM_CLUSTER { " (--upstream makes it)" } else { "" };
+            bail!("--cluster {}: a second cluster of that name{why}", given.name);
+        }
+        clusters.push(Cluster::new(&given.name, given.url.as_str()).context("--cluster")?);
+    }
+    for given in &args.routes {
+        if routes.iter().any(|route: &Route| route.prefix == given.prefix) {
+            let why = if given.prefix == "/" && args.upstream.is_some() { " (--upstream routes /)" } else { "" };
+            bail!("--route {}={}: a second route for {}{why}", given.prefix, given.cluster, given.prefix);
+        }
+        if !clusters.iter().any(|cluster| cluster.name == given.cluster) {
+            bail!(
+                "--route {}={}: no cluster {} (make one with --cluster {}=URL)",
+                given.prefix,
+                given.cluster,
+                given.cluster,
+                given.cluster
+            );
+        }
+        routes.push(Route::to(&given.prefix, &given.cluster));
+    }
+    let placement = if args.service { Placement::Service } else { Placement::HttpFilter };
+    if placement == Placement::HttpFilter && routes.is_empty() {
+        bail!(
+            "nowhere to send requests: give --upstream URL or --route PREFIX=CLUSTER (or --service for a plugin without HTTP)"
+        );
+    }
+    let plugin = PluginPlan {
+        name: args.plugin_name.clone(),
+        root_id: args.root_id.clone(),
+        vm_id: args.vm_id.clone(),
+        configuration: Configuration::Given(read_text_flag("--filter-config", args.filter_config.as_ref())?),
+        vm_configuration: read_text_flag("--vm-config", args.vm_config.as_ref())?,
+        environment: args.vm_env.clone(),
+        placement,
+    };
+    Ok(Plan {
+        listen,
+        public_url,
+        clusters,
+        routes,
+        upstream_ca_file: args.serve.upstream_ca_file.clone(),
+        limits: args.serve.limits(),
+        plugin,
+    })
+}
+
+/// A `TEXT|@FILE` flag's text (empty when not given).
+fn read_text_flag(flag: &str, given: Option<&TextOrFile>) -> anyhow::Result<String> {
+    match given {
+        None => Ok(String::new()),
+        Some(TextOrFile::Text(text)) => Ok(text.clone()),
+        Some(TextOrFile::File(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("{flag} @{}: cannot read it", path.display()))
+        }
+    }
 }
 
 /// The file the signing key is read from: --jwt-key, or the one kept in $ORY_PROXY_HOME.
@@ -222,6 +282,20 @@ pub fn signing_key_file(args: &LocalArgs) -> anyhow::Result<PathBuf> {
         Some(path) => Ok(path.clone()),
         None => Ok(home::dir()?.join(home::SIGNING_KEY_FILE)),
     }
+}
+
+/// Where to listen, and the URL browsers use for it.
+fn listen_and_public_url(serve: &ServeArgs) -> anyhow::Result<(SocketAddr, Url)> {
+    let listen = listen_address(&serve.host, serve.port)?;
+    let public_host = if listen.ip().is_loopback() || listen.ip().is_unspecified() {
+        "localhost".to_string()
+    } else {
+        serve.host.clone()
+    };
+    let scheme = if serve.no_https { "http" } else { "https" };
+    let public_url = Url::parse(&format!("{scheme}://{public_host}:{}", serve.port))
+        .with_context(|| format!("--host: `{}` cannot be a URL's host", serve.host))?;
+    Ok((listen, public_url))
 }
 
 /// The address `--host` names: an IP address, or a name that resolves.
@@ -247,32 +321,96 @@ pub struct Plan {
     /// The CA certificates (PEM) HTTPS upstreams are verified against, instead of the usual roots.
     pub upstream_ca_file: Option<PathBuf>,
     pub limits: Limits,
-    /// The filter's configuration; [`Plan::filter_configuration`] is its exact bytes.
-    pub filter: FilterConfig,
-    /// Environment variables of the filter's VMs (Envoy's `vm_config.environment_variables`):
-    /// the signing key, unless it is inlined. The runner hands them to its VMs itself; the Envoy
-    /// bootstrap names them in `host_env_keys`, so Envoy passes the values of its own process
-    /// environment and they never appear in its configuration.
-    pub vm_environment: Vec<(String, String)>,
+    pub plugin: PluginPlan,
+}
+
+/// The plugin both hosts run and what they hand it, in Envoy's terms (a `PluginConfig` with its
+/// `vm_config`).
+#[derive(Debug, Clone)]
+pub struct PluginPlan {
+    /// `plugin_name`.
+    pub name: String,
+    /// `plugin_root_id`.
+    pub root_id: String,
+    /// `plugin_vm_id`: Envoy shares data between the VMs of one VM id.
+    pub vm_id: String,
+    /// What `on_configure` reads; [`Plan::filter_configuration`] is its exact bytes.
+    pub configuration: Configuration,
+    /// What `on_vm_start` reads.
+    pub vm_configuration: String,
+    /// Environment variables of the VMs (Envoy's `vm_config.environment_variables`): for our
+    /// filter, the signing key unless it is inlined. The runner hands them to its VMs itself; the
+    /// Envoy bootstrap names them in `host_env_keys`, so Envoy passes the values of its own
+    /// process environment and they never appear in its configuration.
+    pub environment: Vec<(String, String)>,
+    pub placement: Placement,
+}
+
+/// A plugin configuration: ours, typed, or anybody's, as given.
+#[derive(Debug, Clone)]
+pub enum Configuration {
+    Ory(Box<FilterConfig>),
+    Given(String),
+}
+
+/// Where a plugin runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// An HTTP filter on the listener: every request passes through it.
+    HttpFilter,
+    /// A root-only plugin, Envoy's wasm service (`envoy.bootstrap.wasm`, a singleton): one VM,
+    /// its root context only, no listener.
+    Service,
+}
+
+impl PluginPlan {
+    /// Our filter with `filter`, and the VMs' environment that goes with it.
+    fn ory(filter: FilterConfig, environment: Vec<(String, String)>) -> PluginPlan {
+        PluginPlan {
+            name: FILTER_NAME.into(),
+            root_id: FILTER_NAME.into(),
+            vm_id: FILTER_NAME.into(),
+            configuration: Configuration::Ory(Box::new(filter)),
+            vm_configuration: String::new(),
+            environment,
+            placement: Placement::HttpFilter,
+        }
+    }
 }
 
 impl Plan {
     /// The filter configuration exactly as both hosts hand it to `on_configure`.
     pub fn filter_configuration(&self) -> String {
-        serde_json::to_string(&self.filter).expect("a FilterConfig serialises")
+        match &self.plugin.configuration {
+            Configuration::Ory(filter) => serde_json::to_string(filter).expect("a FilterConfig serialises"),
+            Configuration::Given(text) => text.clone(),
+        }
     }
 
     pub fn cluster_names(&self) -> Vec<String> {
         self.clusters.iter().map(|c| c.name.clone()).collect()
     }
 
-    /// The signing key, wherever the plan puts it.
+    /// Our filter's signing key, wherever the plan puts it.
     pub fn signing_key(&self) -> Option<&str> {
-        let inline = self.filter.signing_key.as_ref().and_then(serde_json::Value::as_str);
-        let from_env =
-            self.vm_environment.iter().find(|(name, _)| name == SIGNING_KEY_ENV).map(|(_, key)| key.as_str());
+        let Configuration::Ory(filter) = &self.plugin.configuration else { return None };
+        let inline = filter.signing_key.as_ref().and_then(serde_json::Value::as_str);
+        let environment = &self.plugin.environment;
+        let from_env = environment.iter().find(|(name, _)| name == SIGNING_KEY_ENV).map(|(_, key)| key.as_str());
         inline.or(from_env)
     }
+}
+
+/// The cluster for an upstream URL and the route `/` to it; an upstream with a path serves the
+/// app below that path.
+fn upstream_route(name: &str, upstream: &Url) -> anyhow::Result<(Cluster, Route)> {
+    let cluster = Cluster::new(name, origin(upstream).as_str()).context("the upstream URL")?;
+    let mut route = Route::to("/", name);
+    if upstream.path() != "/" {
+        let base = upstream.path().trim_end_matches('/');
+        route.prefix_rewrite = Some(format!("{base}/"));
+    }
+    Ok((cluster, route))
 }
 
 fn origin(url: &Url) -> Url {
@@ -303,14 +441,7 @@ impl Deployment {
     /// The plan: clusters, routes and the filter's configuration. Checks the rules and lists
     /// the filter would refuse, naming their flags.
     pub fn plan(&self) -> anyhow::Result<Plan> {
-        let upstream = &self.upstream;
-        let app = Cluster::new(APP_CLUSTER, origin(upstream).as_str()).context("the upstream URL")?;
-        let mut app_route = Route::to("/", APP_CLUSTER);
-        if upstream.path() != "/" {
-            // An upstream with a path serves the app below it.
-            let base = upstream.path().trim_end_matches('/');
-            app_route.prefix_rewrite = Some(format!("{base}/"));
-        }
+        let (app, mut app_route) = upstream_route(APP_CLUSTER, &self.upstream)?;
         if self.rewrite_host {
             app_route.host_rewrite = Some(app.authority());
         }
@@ -346,8 +477,7 @@ impl Deployment {
             routes,
             upstream_ca_file: self.upstream_ca_file.clone(),
             limits: self.limits,
-            filter,
-            vm_environment,
+            plugin: PluginPlan::ory(filter, vm_environment),
         })
     }
 
@@ -430,14 +560,14 @@ mod tests {
     #[test]
     fn the_key_travels_in_the_vms_environment_unless_inlined() {
         let plan_env = deployment().plan().unwrap();
-        assert_eq!(plan_env.vm_environment, [("ORY_PROXY_SIGNING_KEY".to_string(), "PEM".to_string())]);
+        assert_eq!(plan_env.plugin.environment, [("ORY_PROXY_SIGNING_KEY".to_string(), "PEM".to_string())]);
         assert!(!plan_env.filter_configuration().contains("PEM"), "the configuration holds no key");
         assert_eq!(plan_env.signing_key(), Some("PEM"));
 
         let mut inline = deployment();
         inline.inline_signing_key = true;
         let plan_inline = inline.plan().unwrap();
-        assert!(plan_inline.vm_environment.is_empty());
+        assert!(plan_inline.plugin.environment.is_empty());
         assert_eq!(plan_inline.filter_configuration(), r#"{"signing_key":"PEM"}"#);
         assert_eq!(plan_inline.signing_key(), Some("PEM"));
     }

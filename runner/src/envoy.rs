@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::ser::{Serialize, SerializeMap as _, SerializeSeq as _, Serializer};
 use url::{Host, Url};
 
-use crate::deployment::{FILTER_NAME, Plan, SIGNING_KEY_ENV};
+use crate::deployment::{Configuration, Placement, Plan, SIGNING_KEY_ENV};
 use crate::proxy::{Cluster, Limits, Route};
 
 /// Where the official Envoy image (and most installs) find the module unless told otherwise.
@@ -38,6 +38,7 @@ pub mod type_url {
     pub const HTTP_CONNECTION_MANAGER: &str =
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
     pub const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+    pub const WASM_SERVICE: &str = "type.googleapis.com/envoy.extensions.wasm.v3.WasmService";
     pub const ROUTER: &str = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router";
     pub const UPSTREAM_TLS_CONTEXT: &str =
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
@@ -96,7 +97,9 @@ pub const DEMO_HEADER: &str = "\
 /// The bootstrap as YAML, with a comment saying what it is.
 pub fn bootstrap_yaml(plan: &Plan, options: &EnvoyOptions) -> String {
     let mut yaml = String::from(HEADER);
-    yaml.push_str(if plan.vm_environment.is_empty() { KEY_INLINE } else { KEY_FROM_ENVIRONMENT });
+    if let Configuration::Ory(_) = plan.plugin.configuration {
+        yaml.push_str(if plan.plugin.environment.is_empty() { KEY_INLINE } else { KEY_FROM_ENVIRONMENT });
+    }
     if uses_demo_key(plan) {
         yaml.push_str(DEMO_HEADER);
     }
@@ -115,7 +118,7 @@ pub fn uses_demo_key(plan: &Plan) -> bool {
 /// How to start Envoy with the key when the bootstrap leaves it to the environment; `None` when
 /// the bootstrap carries the key itself.
 pub fn start_hint(plan: &Plan, key_file: &std::path::Path, config_file: Option<&std::path::Path>) -> Option<String> {
-    if plan.vm_environment.is_empty() {
+    if plan.signing_key().is_none() || plan.plugin.environment.is_empty() {
         return None;
     }
     let config = config_file.map_or("envoy.yaml".to_string(), |file| file.display().to_string());
@@ -134,10 +137,14 @@ pub fn bootstrap(plan: &Plan, options: &EnvoyOptions) -> Node {
     }
     let ca_file = plan.upstream_ca_file.as_ref().map_or(DEFAULT_CA_FILE.to_string(), |f| f.display().to_string());
     let clusters = plan.clusters.iter().map(|cluster| envoy_cluster(cluster, &ca_file)).collect();
-    root.push((
-        "static_resources",
-        map([("listeners", Node::List(vec![listener(plan, options)])), ("clusters", Node::List(clusters))]),
-    ));
+    let listeners = match plan.plugin.placement {
+        Placement::HttpFilter => vec![listener(plan, options)],
+        Placement::Service => Vec::new(),
+    };
+    root.push(("static_resources", map([("listeners", Node::List(listeners)), ("clusters", Node::List(clusters))])));
+    if plan.plugin.placement == Placement::Service {
+        root.push(("bootstrap_extensions", Node::List(vec![wasm_service(plan, options)])));
+    }
     root.push(("overload_manager", overload_manager(&plan.limits)));
     Node::map(root)
 }
@@ -246,39 +253,63 @@ fn envoy_route(route: &Route, limits: &Limits) -> Node {
 }
 
 fn wasm_filter(plan: &Plan, options: &EnvoyOptions) -> Node {
-    let config = map([
-        ("name", FILTER_NAME.into()),
-        ("root_id", FILTER_NAME.into()),
-        // A VM that traps is replaced, as the runner does, instead of failing every later
-        // request with 503 (FAIL_CLOSED). Envoy reloads only once a random interval below the
-        // backoff has passed since the VM was loaded; requests before that still get 503. (A
-        // base interval of 1ms crashed Envoy 1.40 with SIGFPE on the second trap.)
-        ("failure_policy", "FAIL_RELOAD".into()),
+    let mut config = plugin_config(plan, options);
+    // A VM that traps is replaced, as the runner does, instead of failing every later request
+    // with 503 (FAIL_CLOSED). Envoy reloads only once a random interval below the backoff has
+    // passed since the VM was loaded; requests before that still get 503. (A base interval of
+    // 1ms crashed Envoy 1.40 with SIGFPE on the second trap.)
+    config.insert(2, ("failure_policy", "FAIL_RELOAD".into()));
+    config.insert(
+        3,
         ("reload_config", map([("backoff", map([("base_interval", "0.1s".into()), ("max_interval", "0.1s".into())]))])),
+    );
+    map([
+        ("name", "envoy.filters.http.wasm".into()),
+        ("typed_config", map([("@type", type_url::WASM.into()), ("config", Node::map(config))])),
+    ])
+}
+
+/// A root-only plugin: one VM on Envoy's main thread (`singleton`), as the runner runs it.
+fn wasm_service(plan: &Plan, options: &EnvoyOptions) -> Node {
+    let service = map([
+        ("@type", type_url::WASM_SERVICE.into()),
+        ("singleton", true.into()),
+        ("config", Node::map(plugin_config(plan, options))),
+    ]);
+    map([("name", "envoy.bootstrap.wasm".into()), ("typed_config", service)])
+}
+
+/// The `PluginConfig` both placements share: names, VM and configuration.
+fn plugin_config(plan: &Plan, options: &EnvoyOptions) -> Vec<(&'static str, Node)> {
+    let plugin = &plan.plugin;
+    vec![
+        ("name", plugin.name.as_str().into()),
+        ("root_id", plugin.root_id.as_str().into()),
         ("vm_config", vm_config(plan, options)),
         (
             "configuration",
             map([("@type", type_url::STRING_VALUE.into()), ("value", plan.filter_configuration().into())]),
         ),
-    ]);
-    map([
-        ("name", "envoy.filters.http.wasm".into()),
-        ("typed_config", map([("@type", type_url::WASM.into()), ("config", config)])),
-    ])
+    ]
 }
 
 fn vm_config(plan: &Plan, options: &EnvoyOptions) -> Node {
+    let plugin = &plan.plugin;
     let mut fields = vec![
         // One vm_id for every worker's VM: Envoy's shared data is per vm_id, and that is where
-        // the filter keeps its process-wide state.
-        ("vm_id", Node::from(FILTER_NAME)),
+        // our filter keeps its process-wide state.
+        ("vm_id", Node::from(plugin.vm_id.as_str())),
         ("runtime", WASM_RUNTIME.into()),
         ("code", map([("local", map([("filename", options.module_path.as_str().into())]))])),
     ];
-    if !plan.vm_environment.is_empty() {
+    if !plugin.vm_configuration.is_empty() {
+        let value = plugin.vm_configuration.as_str().into();
+        fields.push(("configuration", map([("@type", type_url::STRING_VALUE.into()), ("value", value)])));
+    }
+    if !plugin.environment.is_empty() {
         // Names only: Envoy reads the values from its own environment at start. (`key_values`
         // would put them into the configuration, and into /config_dump.)
-        let names = plan.vm_environment.iter().map(|(name, _)| Node::from(name.as_str())).collect();
+        let names = plugin.environment.iter().map(|(name, _)| Node::from(name.as_str())).collect();
         fields.push(("environment_variables", map([("host_env_keys", Node::List(names))])));
     }
     Node::map(fields)

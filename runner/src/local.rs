@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::deployment::{FILTER_NAME, Plan};
+use crate::deployment::{Placement, Plan};
 use crate::proxy::{Clusters, FilterPool, Limits, PoolOptions, Proxy, ServeOptions};
 use proxy_wasm_host::{HostEnv, Plugin, PluginSpec};
 
@@ -18,11 +18,14 @@ const CALLBACK_DEADLINE: Duration = Duration::from_secs(2);
 /// Loads the filter with the plan's configuration. A filter that refuses the configuration is
 /// an error carrying the filter's own explanation.
 pub fn load_filter(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Plugin> {
+    let plugin = &plan.plugin;
     let spec = PluginSpec {
-        name: FILTER_NAME.into(),
-        vm_id: FILTER_NAME.into(),
+        name: plugin.name.clone(),
+        root_id: plugin.root_id.clone(),
+        vm_id: plugin.vm_id.clone(),
         configuration: plan.filter_configuration().into_bytes(),
-        environment: plan.vm_environment.clone(),
+        vm_configuration: plugin.vm_configuration.clone().into_bytes(),
+        environment: plugin.environment.clone(),
         clusters: plan.cluster_names(),
         callback_deadline: Some(CALLBACK_DEADLINE),
         ..PluginSpec::default()
@@ -43,12 +46,30 @@ pub async fn start(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Proxy> {
 /// [`start`], serving HTTPS with `tls` beside plain HTTP on the same port (see
 /// [`crate::tls::LocalCa::server_config`]).
 pub async fn start_with_tls(plan: &Plan, wasm: &[u8], tls: Option<Arc<rustls::ServerConfig>>) -> anyhow::Result<Proxy> {
+    anyhow::ensure!(
+        plan.plugin.placement == Placement::HttpFilter,
+        "a service has no listener: start it with start_service"
+    );
     let plugin = load_filter(plan, wasm)?;
     let clusters = Clusters::new(plan.clusters.clone(), plan.upstream_ca_file.as_deref())?;
     let pool = FilterPool::start(plugin, clusters, PoolOptions::default()).context("starting the filter")?;
     let limits = Limits { max_connections: fit_descriptor_limit(plan.limits.max_connections), ..plan.limits };
     let options = ServeOptions { listen: plan.listen, limits, tls, ..ServeOptions::default() };
     Proxy::bind(pool, plan.routes.clone(), options).await
+}
+
+/// Starts a root-only plugin (Envoy's wasm service): one VM, whose root context ticks, calls
+/// clusters and uses shared data and queues, and no listener. It runs until the pool is dropped.
+pub fn start_service(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Arc<FilterPool>> {
+    anyhow::ensure!(
+        plan.plugin.placement == Placement::Service,
+        "an HTTP filter needs a listener: start it with start"
+    );
+    let plugin = load_filter(plan, wasm)?;
+    let clusters = Clusters::new(plan.clusters.clone(), plan.upstream_ca_file.as_deref())?;
+    // One VM, as Envoy runs a singleton service on its main thread.
+    let options = PoolOptions { workers: 1, ..PoolOptions::default() };
+    FilterPool::start(plugin, clusters, options).context("starting the service")
 }
 
 /// The clusters that do not accept a connection right now, with the reason: worth a warning at

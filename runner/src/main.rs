@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, LocalArgs};
-use ory_proxy::deployment::{self, signing_key_file};
+use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, LocalArgs, RunArgs, ServeArgs};
+use ory_proxy::deployment::{self, Placement, Plan, signing_key_file};
 use ory_proxy::{home, local, tls, trust};
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Local(args) => runtime.block_on(run_local(args)),
+        Command::Run(args) => runtime.block_on(run_filter(args)),
         Command::EnvoyConfig(args) => runtime.block_on(envoy_config(&args)),
         Command::Cert(command) => run_cert(command),
     };
@@ -50,17 +51,18 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let deployment = deployment::resolve(&args).await?;
     let plan = deployment.plan()?;
     let wasm = match &args.filter {
-        Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("--filter {}: {e}", path.display()))?,
+        Some(path) => {
+            tracing::warn!(
+                "{} is handed ory-proxy's configuration and the JWT signing key (in its environment, \
+                 {}): run only a module you trust with the key; `ory-proxy run` runs other filters without it",
+                path.display(),
+                deployment::SIGNING_KEY_ENV
+            );
+            read_module(path)?
+        }
         None => local::EMBEDDED_FILTER.to_vec(),
     };
-    let ca = match args.no_https {
-        true => None,
-        false => Some(tls::LocalCa::load_or_create(&home::dir()?)?),
-    };
-    let tls = match &ca {
-        Some(ca) => Some(ca.server_config(&deployment::proxy_names(&plan.listen, &plan.public_url))?),
-        None => None,
-    };
+    let (ca, tls) = local_tls(&args.serve, &plan)?;
     let proxy = local::start_with_tls(&plan, &wasm, tls).await?;
     let address = proxy.local_addr()?;
     if deployment::is_public(&address) {
@@ -69,17 +71,7 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let public = plan.public_url.as_str().trim_end_matches('/');
     println!("ory-proxy is running.");
     println!("  Open your app at   {public}/");
-    if let Some(ca) = &ca {
-        println!(
-            "  HTTPS certificate  issued by {}{}",
-            ca.cert_path().display(),
-            if ca.created() { " (new)" } else { "" }
-        );
-        if !args.dont_install_cert {
-            // Runs certutil, sudo and the like: a moment at start-up, before anything is served.
-            print!("{}", trust::install(ca, &home::dir()?, &trust::TrustEnv::from_system()));
-        }
-    }
+    announce_certificate(ca.as_ref(), &args.serve)?;
     println!("  Your app           {}", deployment.upstream);
     match &deployment.ory_url {
         Some(ory) => println!("  Ory                {ory} (under {public}/.ory/)"),
@@ -98,14 +90,81 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     }
     println!("  JWT public keys    {public}/.ory/jwks.json");
     for (cluster, why) in local::unreachable_clusters(&plan).await {
-        println!("  warning            {cluster} cannot be reached yet ({why}); requests to it get 502 until it can");
+        println!("  warning            {cluster} cannot be reached yet ({why}); requests to it get 503 until it can");
     }
     println!("Press Ctrl-C to stop.");
-    if !args.no_open {
+    if !args.serve.no_open {
         open_browser(format!("{public}/"));
     }
     proxy.serve(shutdown_signal()).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `ory-proxy run`: anybody's filter, as Envoy would run it.
+async fn run_filter(args: RunArgs) -> anyhow::Result<()> {
+    let plan = deployment::resolve_run(&args)?;
+    let wasm = read_module(&args.filter)?;
+    let name = args.filter.display();
+    if plan.plugin.placement == Placement::Service {
+        let service = local::start_service(&plan, &wasm)?;
+        println!("{name} is running as a service (one VM, no listener). Press Ctrl-C to stop.");
+        shutdown_signal().await;
+        drop(service);
+        return Ok(());
+    }
+    let (ca, tls) = local_tls(&args.serve, &plan)?;
+    let proxy = local::start_with_tls(&plan, &wasm, tls).await?;
+    let address = proxy.local_addr()?;
+    if deployment::is_public(&address) {
+        tracing::warn!("listening on {address}: other machines can reach this proxy");
+    }
+    let public = plan.public_url.as_str().trim_end_matches('/');
+    println!("{name} is running at {public}/");
+    announce_certificate(ca.as_ref(), &args.serve)?;
+    for cluster in &plan.clusters {
+        println!("  cluster {:<16} {}", cluster.name, cluster.url.as_str().trim_end_matches('/'));
+    }
+    for route in &plan.routes {
+        println!("  route   {:<16} to {}", route.prefix, route.cluster);
+    }
+    for (cluster, why) in local::unreachable_clusters(&plan).await {
+        println!("  warning {cluster} cannot be reached yet ({why}); requests to it get 503 until it can");
+    }
+    println!("Press Ctrl-C to stop.");
+    if !args.serve.no_open {
+        open_browser(format!("{public}/"));
+    }
+    proxy.serve(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn read_module(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("--filter {}: {e}", path.display()))
+}
+
+/// The local CA and the TLS configuration serving with it; neither with `--no-https`.
+fn local_tls(
+    serve: &ServeArgs,
+    plan: &Plan,
+) -> anyhow::Result<(Option<tls::LocalCa>, Option<std::sync::Arc<rustls::ServerConfig>>)> {
+    if serve.no_https {
+        return Ok((None, None));
+    }
+    let ca = tls::LocalCa::load_or_create(&home::dir()?)?;
+    let config = ca.server_config(&deployment::proxy_names(&plan.listen, &plan.public_url))?;
+    Ok((Some(ca), Some(config)))
+}
+
+/// Says which CA issued the certificate, and installs it where browsers look unless told not to.
+fn announce_certificate(ca: Option<&tls::LocalCa>, serve: &ServeArgs) -> anyhow::Result<()> {
+    let Some(ca) = ca else { return Ok(()) };
+    println!("  HTTPS certificate  issued by {}{}", ca.cert_path().display(), if ca.created() { " (new)" } else { "" });
+    if !serve.dont_install_cert {
+        // Runs certutil, sudo and the like: a moment at start-up, before anything is served.
+        print!("{}", trust::install(ca, &home::dir()?, &trust::TrustEnv::from_system()));
+    }
     Ok(())
 }
 

@@ -142,7 +142,7 @@ async fn chromium_logs_in_and_out_through_envoy() {
     let envoy = RunningEnvoy::start(EnvoyStart {
         bootstrap: std::fs::read_to_string(&config).unwrap(),
         admin_port,
-        listen: SocketAddr::from(([127, 0, 0, 1], proxy_port)),
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], proxy_port))),
         concurrency: 2,
         env: vec![(ory_proxy::deployment::SIGNING_KEY_ENV.to_string(), key)],
         cpu_list: None,

@@ -266,7 +266,7 @@ fn the_filter_configuration_is_the_runners_byte_for_byte() {
         let envoy_flags: Vec<&str> = flags.iter().copied().take_while(|flag| *flag != "--module-path").collect();
         // Envoy's listener is plain HTTP: the runner's equal is `local --no-https`.
         let mut local = local_args(&envoy_flags);
-        local.no_https = true;
+        local.serve.no_https = true;
         let deployment = block_on(ory_proxy::deployment::resolve(&local)).unwrap();
         let runner = deployment.plan().unwrap().filter_configuration();
 

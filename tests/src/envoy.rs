@@ -41,8 +41,8 @@ pub struct EnvoyStart {
     pub bootstrap: String,
     /// The admin port the bootstrap configures (readiness is read there).
     pub admin_port: u16,
-    /// The listener to wait for.
-    pub listen: SocketAddr,
+    /// The listener to wait for; none for a bootstrap without one (a wasm service).
+    pub listen: Option<SocketAddr>,
     /// Worker threads (Envoy runs one Wasm VM per worker).
     pub concurrency: u32,
     /// Extra environment for the Envoy process.
@@ -60,7 +60,7 @@ pub struct RunningEnvoy {
     child: Child,
     dir: PathBuf,
     pub admin: SocketAddr,
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
     pub concurrency: u32,
 }
 
@@ -69,7 +69,7 @@ impl RunningEnvoy {
     /// interface answers `/ready` with LIVE and the listener accepts connections.
     pub async fn start(start: EnvoyStart) -> Result<RunningEnvoy> {
         let binary = binary()?;
-        let dir = std::env::temp_dir().join(format!("ory-proxy-envoy-{}-{}", std::process::id(), start.listen.port()));
+        let dir = std::env::temp_dir().join(format!("ory-proxy-envoy-{}-{}", std::process::id(), start.admin_port));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let config = dir.join("envoy.yaml");
@@ -117,10 +117,11 @@ impl RunningEnvoy {
             if let Some(status) = self.child.try_wait()? {
                 bail!("Envoy exited at start-up ({status}):\n{}", self.log_tail(60));
             }
-            if self.admin_get("/ready").await.is_ok_and(|body| body.trim() == "LIVE")
-                && tokio::net::TcpStream::connect(self.listen).await.is_ok()
-            {
-                return self.wait_listener_idle(deadline).await;
+            if self.admin_get("/ready").await.is_ok_and(|body| body.trim() == "LIVE") {
+                let Some(listen) = self.listen else { return Ok(()) };
+                if tokio::net::TcpStream::connect(listen).await.is_ok() {
+                    return self.wait_listener_idle(listen, deadline).await;
+                }
             }
             if Instant::now() > deadline {
                 bail!("Envoy was not ready within 60s:\n{}", self.log_tail(60));
@@ -131,8 +132,8 @@ impl RunningEnvoy {
 
     /// Waits until Envoy has closed the probe connection of [`Self::wait_ready`] too: until then it
     /// counts against `--max-connections`, and a test of the limit would lose one connection.
-    async fn wait_listener_idle(&self, deadline: Instant) -> Result<()> {
-        let stat = format!("listener.{}_{}.downstream_cx_active", self.listen.ip(), self.listen.port());
+    async fn wait_listener_idle(&self, listen: SocketAddr, deadline: Instant) -> Result<()> {
+        let stat = format!("listener.{}_{}.downstream_cx_active", listen.ip(), listen.port());
         loop {
             if self.stat(&stat).await? == Some(0) {
                 return Ok(());
@@ -171,7 +172,8 @@ impl RunningEnvoy {
     /// How many connections each worker has accepted on the listener, worker by worker (from the
     /// listener's per-worker stats).
     pub async fn connections_per_worker(&self) -> Result<Vec<u64>> {
-        let listener = format!("listener.{}_{}", self.listen.ip(), self.listen.port());
+        let listen = self.listen.context("this Envoy has no listener")?;
+        let listener = format!("listener.{}_{}", listen.ip(), listen.port());
         let mut counts = Vec::new();
         for worker in 0..self.concurrency {
             let name = format!("{listener}.worker_{worker}.downstream_cx_total");

@@ -126,6 +126,37 @@ both_hosts! {
         app.shutdown().await;
     }
 
+    async fn properties_are_encoded_as_envoy_encodes_them(host: Host) {
+        let (proxy, app, seen) = start(host, "headers").await;
+        let hex = |text: &str| text.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let client = HttpClient::new();
+        let answer = client.request(Method::POST, &proxy.url("/sized"), &[], b"eleven byte".to_vec()).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        let (_, headers) = last_seen(&seen);
+        let raw = |name: &str| value(&headers, name).unwrap_or_default().to_string();
+        // Integers are 8 bytes, little-endian: the declared content-length here.
+        assert_eq!(raw("x-raw-request-size"), "0b00000000000000");
+        // A time is nanoseconds since the epoch, as an integer.
+        let time = u64::from_str_radix(&raw("x-raw-request-time"), 16).map(u64::swap_bytes);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        assert!(time.is_ok_and(|t| now.abs_diff(t) < 60_000_000_000), "{} is now", raw("x-raw-request-time"));
+        // A boolean is one byte: plain HTTP, no client certificate.
+        assert_eq!(raw("x-raw-connection-mtls"), "00");
+        // Strings are their bytes: the route's cluster, and our plugin's root and VM id.
+        assert_eq!(raw("x-raw-cluster-name"), hex("app"));
+        assert_eq!(raw("x-raw-root-id"), hex("ory-proxy"));
+        assert_eq!(raw("x-raw-vm-id"), hex("ory-proxy"));
+        // On the way back: where the response came from, and the cluster still.
+        assert_eq!(answer.header("x-raw-code-details"), Some(hex("via_upstream").as_str()));
+        assert_eq!(answer.header("x-raw-cluster-name"), Some(hex("app").as_str()));
+        // Without a content-length, the size is what of the body has arrived: nothing yet.
+        client.get(&proxy.url("/unsized"), &[]).await.unwrap();
+        let (_, headers) = last_seen(&seen);
+        assert_eq!(value(&headers, "x-raw-request-size"), Some("0000000000000000"));
+        proxy.stop().await;
+        app.shutdown().await;
+    }
+
     async fn the_connection_id_names_the_connection(host: Host) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let (proxy, app, seen) = start(host, "headers").await;

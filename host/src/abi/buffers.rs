@@ -52,8 +52,9 @@ fn buffer(state: &VmState, buffer_type: BufferType) -> Option<&[u8]> {
         BufferType::HttpRequestBody => stream.map(|s| s.request_body.as_slice()),
         BufferType::HttpResponseBody => stream.map(|s| s.response_body.as_slice()),
         BufferType::HttpCallResponseBody => state.call_response.as_ref().map(|r| r.body.as_slice()),
-        // Configuration is readable only while the call it belongs to runs, as in Envoy.
-        BufferType::VmConfiguration if state.phase == Phase::VmStart => Some(&state.spec.vm_configuration),
+        // As in Envoy: the VM's configuration is readable at any time, the plugin's only while
+        // on_configure runs.
+        BufferType::VmConfiguration => Some(&state.spec.vm_configuration),
         BufferType::PluginConfiguration if state.phase == Phase::Configure => Some(&state.spec.configuration),
         _ => None,
     }

@@ -44,8 +44,8 @@ pub(super) fn proxy_set_property(
     Status::Ok.into()
 }
 
-/// What `proxy_get_property` answers. Strings are raw bytes and integers 8-byte little-endian,
-/// as Envoy serialises them.
+/// What `proxy_get_property` answers. Strings are raw bytes, integers and times (nanoseconds
+/// since the epoch) 8-byte little-endian, booleans one byte, as Envoy serialises them.
 fn property(state: &VmState, path: &[&str]) -> Option<Vec<u8>> {
     let key = path.join(".");
     let stream = state.streams.get(&state.effective);
@@ -60,7 +60,8 @@ fn property(state: &VmState, path: &[&str]) -> Option<Vec<u8>> {
     let int = |n: i64| Some(n.to_le_bytes().to_vec());
     let header = |name: &str| stream.and_then(|s| s.request_headers.get(name)).map(<[u8]>::to_vec);
     match key.as_str() {
-        "plugin_name" | "plugin_root_id" => text(&state.spec.name),
+        "plugin_name" => text(&state.spec.name),
+        "plugin_root_id" => text(&state.spec.root_id),
         "plugin_vm_id" => text(&state.spec.vm_id),
         "source.address" => text(&stream?.info.source?.to_string()),
         "source.port" => int(stream?.info.source?.port().into()),
@@ -85,6 +86,20 @@ fn property(state: &VmState, path: &[&str]) -> Option<Vec<u8>> {
         "request.id" => header("x-request-id"),
         "request.protocol" => text(&stream?.info.protocol),
         "connection.id" => Some(stream?.info.connection_id?.to_le_bytes().to_vec()),
+        "request.time" => {
+            let since_epoch = stream?.started?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            int(i64::try_from(since_epoch.as_nanos()).ok()?)
+        }
+        // The request's `content-length`, or what of its body has arrived.
+        "request.size" => {
+            let stream = stream?;
+            let declared = stream.request_headers.get_str("content-length").and_then(|v| v.trim().parse().ok());
+            int(declared.unwrap_or(i64::try_from(stream.request_body_received).ok()?))
+        }
+        // Whether the client presented a certificate over TLS: never, as the runner asks for none.
+        "connection.mtls" => Some(vec![u8::from(false)]),
+        "xds.cluster_name" => text(stream?.cluster.as_deref()?),
+        "response.code_details" => text(stream?.response_code_details.as_deref()?),
         "response.code" => {
             let status = stream?.response_headers.get_str(":status")?;
             int(status.parse().ok()?)

@@ -189,9 +189,9 @@ pub async fn start(setup: &Setup) -> anyhow::Result<Proxy> {
             let envoy = RunningEnvoy::start(EnvoyStart {
                 bootstrap,
                 admin_port,
-                listen,
+                listen: Some(listen),
                 concurrency: setup.envoy_workers,
-                env: plan.vm_environment.clone(),
+                env: plan.plugin.environment.clone(),
                 cpu_list: setup.cpu_list.clone(),
                 log_level: Some("warning".into()),
             })

@@ -202,7 +202,13 @@ pub async fn drive(
         status: None,
         started: std::time::Instant::now(),
     };
-    driver.step(move |exchange, vm| exchange.request_headers(vm, headers, end)).await;
+    let cluster = route_for(&driver.shared.routes, headers.get_str(":path").unwrap_or("/")).map(|r| r.cluster.clone());
+    driver
+        .step(move |exchange, vm| {
+            exchange.route_to(vm, cluster.as_deref())?;
+            exchange.request_headers(vm, headers, end)
+        })
+        .await;
     driver.run().await;
 }
 
@@ -350,7 +356,17 @@ impl Driver {
 
     fn start_upstream(&mut self, headers: HeaderList, end: bool) {
         let path = headers.get_str(":path").unwrap_or("/").to_string();
-        let Some(route) = route_for(&self.shared.routes, &path).cloned() else {
+        let route = route_for(&self.shared.routes, &path).cloned();
+        // The filter may have changed the path: what its later callbacks see is where it went.
+        if let Some(exchange) = &self.exchange {
+            let cluster = route.as_ref().map(|route| route.cluster.as_str());
+            if let Err(error) =
+                self.shared.worker.run(&self.lease, |vm| exchange.route_to(vm, cluster).map(|()| Step::default()))
+            {
+                tracing::debug!(%error, "naming the stream's cluster");
+            }
+        }
+        let Some(route) = route else {
             self.upstream = Some(Box::pin(async { Err(UpstreamError::NoRoute) }));
             return;
         };

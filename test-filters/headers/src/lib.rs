@@ -54,6 +54,18 @@ impl HttpContext for Headers {
             let value = self.get_property(path).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
             self.add_http_request_header(echo, &value);
         }
+        // Raw, as hex: how the host encodes each kind of value is part of what is compared.
+        let raw = [
+            (vec!["request", "time"], "x-raw-request-time"),
+            (vec!["request", "size"], "x-raw-request-size"),
+            (vec!["connection", "mtls"], "x-raw-connection-mtls"),
+            (vec!["xds", "cluster_name"], "x-raw-cluster-name"),
+            (vec!["plugin_root_id"], "x-raw-root-id"),
+            (vec!["plugin_vm_id"], "x-raw-vm-id"),
+        ];
+        for (path, echo) in raw {
+            self.add_http_request_header(echo, &raw_property(self.get_property(path)));
+        }
         let connection = self.get_property(vec!["connection", "id"]).and_then(|bytes| bytes.try_into().ok());
         let connection = connection.map(u64::from_le_bytes).map(|id| id.to_string()).unwrap_or_default();
         self.add_http_request_header("x-connection-id", &connection);
@@ -80,9 +92,23 @@ impl HttpContext for Headers {
             self.send_http_response(503, vec![("x-local", "response")], Some(b"replaced the answer"));
             return Action::Pause;
         }
+        for (path, echo) in [
+            (vec!["response", "code_details"], "x-raw-code-details"),
+            (vec!["xds", "cluster_name"], "x-raw-cluster-name"),
+        ] {
+            self.set_http_response_header(echo, Some(&raw_property(self.get_property(path))));
+        }
         let status = self.get_http_response_header(":status").unwrap_or_default();
         self.set_http_response_header("x-status-seen", Some(&status));
         self.set_http_response_header("server", None);
         Action::Continue
+    }
+}
+
+/// A property's bytes as hex, or `missing`.
+fn raw_property(value: Option<Vec<u8>>) -> String {
+    match value {
+        Some(bytes) => bytes.iter().map(|byte| format!("{byte:02x}")).collect(),
+        None => "missing".to_string(),
     }
 }

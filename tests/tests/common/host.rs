@@ -91,7 +91,7 @@ impl Proxy {
     /// Runs `deployment` with `filter`, in `host`.
     pub async fn start_filter(host: Host, deployment: &Deployment, filter: Filter) -> Proxy {
         let plan = deployment.plan().expect("a valid deployment");
-        Proxy::try_start_plan(host, &plan, filter, &plan.vm_environment)
+        Proxy::try_start_plan(host, &plan, filter, &plan.plugin.environment)
             .await
             .unwrap_or_else(|error| panic!("{error:#}"))
     }
@@ -107,7 +107,8 @@ impl Proxy {
     ) -> anyhow::Result<Proxy> {
         match host {
             Host::Runner => {
-                let plan = Plan { vm_environment: environment.to_vec(), ..plan.clone() };
+                let mut plan = plan.clone();
+                plan.plugin.environment = environment.to_vec();
                 let handle = local::start(&plan, &filter.bytes()).await?.spawn()?;
                 Ok(Proxy { host, addr: handle.addr, running: Running::Runner(handle) })
             }
@@ -118,7 +119,7 @@ impl Proxy {
                 let start = EnvoyStart {
                     bootstrap: bootstrap_yaml(plan, &options),
                     admin_port,
-                    listen: plan.listen,
+                    listen: Some(plan.listen),
                     concurrency: ENVOY_WORKERS,
                     env: environment.to_vec(),
                     cpu_list: None,
@@ -128,6 +129,13 @@ impl Proxy {
                 Ok(Proxy { host, addr: plan.listen, running: Running::Envoy(envoy) })
             }
         }
+    }
+
+    /// Runs `plan` (of `ory-proxy run`, say) with `filter`, in `host`.
+    pub async fn start_plan(host: Host, plan: &Plan, filter: Filter) -> Proxy {
+        Proxy::try_start_plan(host, plan, filter, &plan.plugin.environment)
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}"))
     }
 
     /// `http://<addr><path>`.
@@ -169,6 +177,59 @@ impl Proxy {
         match self.running {
             Running::Runner(handle) => handle.shutdown().await.unwrap(),
             Running::Envoy(envoy) => envoy.shutdown(),
+        }
+    }
+}
+
+/// The plan `ory-proxy run --filter <filter> <args>` makes, on a free loopback port.
+pub fn run_plan(filter: Filter, args: &[&str]) -> Plan {
+    let (filter, port) = (filter.path().display().to_string(), free_port().to_string());
+    let command = ["ory-proxy", "run", "--filter", &filter, "--port", &port, "--no-https"];
+    let cli = <ory_proxy::cli::Cli as clap::Parser>::try_parse_from(command.iter().chain(args))
+        .unwrap_or_else(|error| panic!("{error}"));
+    let ory_proxy::cli::Command::Run(args) = cli.command else { unreachable!("a run command") };
+    ory_proxy::deployment::resolve_run(&args).unwrap_or_else(|error| panic!("{error:#}"))
+}
+
+/// A root-only plugin (a wasm service) running in either host.
+pub struct Service {
+    running: RunningService,
+}
+
+enum RunningService {
+    Runner(std::sync::Arc<ory_proxy::proxy::FilterPool>),
+    Envoy(RunningEnvoy),
+}
+
+impl Service {
+    pub async fn start(host: Host, plan: &Plan, filter: Filter) -> Service {
+        let running = match host {
+            Host::Runner => {
+                RunningService::Runner(local::start_service(plan, &filter.bytes()).unwrap_or_else(|e| panic!("{e:#}")))
+            }
+            Host::Envoy => {
+                let admin_port = free_port();
+                let options =
+                    EnvoyOptions { module_path: filter.path().display().to_string(), admin_port: Some(admin_port) };
+                let start = EnvoyStart {
+                    bootstrap: bootstrap_yaml(plan, &options),
+                    admin_port,
+                    listen: None,
+                    concurrency: ENVOY_WORKERS,
+                    env: plan.plugin.environment.clone(),
+                    cpu_list: None,
+                    log_level: None,
+                };
+                RunningService::Envoy(RunningEnvoy::start(start).await.unwrap_or_else(|e| panic!("{e:#}")))
+            }
+        };
+        Service { running }
+    }
+
+    pub fn stop(self) {
+        match self.running {
+            RunningService::Runner(pool) => drop(pool),
+            RunningService::Envoy(envoy) => envoy.shutdown(),
         }
     }
 }
