@@ -353,7 +353,7 @@ Envoy's configuration maps to flags like this:
   vm_config.environment_variables      --vm-env NAME=VALUE (repeatable)
   a cluster with one endpoint          --cluster NAME=http://host:port (repeatable)
   a route: prefix to a cluster         --route /prefix=NAME (repeatable; the longest prefix wins)
-  a wasm service (envoy.bootstrap.wasm, singleton)   --service (no listener, one VM)
+  a wasm service (singleton)           --service (one VM, its root context only, no listener)
 
 --upstream URL is short for `--cluster upstream=URL --route /=upstream`. Names, root and VM id
 default to empty, as in Envoy.

@@ -277,6 +277,14 @@ both_hosts! {
         proxy.stop().await;
     }
 
+    async fn a_grpc_call_to_a_missing_cluster_is_refused(host: Host) {
+        let (proxy, app, _seen) = start(host, "callouts").await;
+        let answer = HttpClient::new().get(&proxy.url("/grpc?cluster=nope"), &[]).await.unwrap();
+        assert_eq!(answer.text(), "grpc refused: ParseFailure", "{}", answer.status);
+        proxy.stop().await;
+        app.shutdown().await;
+    }
+
     async fn shared_data_is_one_store_for_every_worker(host: Host) {
         let (proxy, app, _seen) = start(host, "callouts").await;
         // A new connection for each request, so that both workers take part.

@@ -47,13 +47,25 @@ pub(super) fn proxy_http_call(
     Status::Ok.into()
 }
 
-// gRPC is not provided: calls fail the way SDKs expect a refused call to fail.
+// gRPC is not provided yet. A call to a cluster the plugin does not have fails as in Envoy
+// (which cannot parse the name into a gRPC service: ParseFailure); one to a cluster it has fails
+// with InternalFailure, as Envoy's does when the call cannot start.
+
+/// What a gRPC call or stream to `upstream` is answered.
+fn refuse_grpc(caller: &mut Ctx<'_>, upstream_data: u32, upstream_size: u32) -> u32 {
+    let Some(cluster) = read_str(caller, upstream_data, upstream_size) else { return Status::BadArgument.into() };
+    if !caller.data().spec.clusters.contains(&cluster) {
+        return Status::ParseFailure.into();
+    }
+    tracing::warn!(cluster, "the filter made a gRPC call, which this host does not support yet: refused");
+    Status::InternalFailure.into()
+}
 
 #[expect(clippy::too_many_arguments, reason = "the ABI's signature")]
 pub(super) fn proxy_grpc_call(
-    _: Ctx<'_>,
-    _upstream_data: u32,
-    _upstream_size: u32,
+    mut caller: Ctx<'_>,
+    upstream_data: u32,
+    upstream_size: u32,
     _service_data: u32,
     _service_size: u32,
     _method_data: u32,
@@ -65,14 +77,14 @@ pub(super) fn proxy_grpc_call(
     _timeout_ms: u32,
     _return_call_id: u32,
 ) -> u32 {
-    Status::InternalFailure.into()
+    refuse_grpc(&mut caller, upstream_data, upstream_size)
 }
 
 #[expect(clippy::too_many_arguments, reason = "the ABI's signature")]
 pub(super) fn proxy_grpc_stream(
-    _: Ctx<'_>,
-    _upstream_data: u32,
-    _upstream_size: u32,
+    mut caller: Ctx<'_>,
+    upstream_data: u32,
+    upstream_size: u32,
     _service_data: u32,
     _service_size: u32,
     _method_data: u32,
@@ -81,7 +93,7 @@ pub(super) fn proxy_grpc_stream(
     _metadata_size: u32,
     _return_stream_id: u32,
 ) -> u32 {
-    Status::InternalFailure.into()
+    refuse_grpc(&mut caller, upstream_data, upstream_size)
 }
 
 pub(super) fn proxy_grpc_send(

@@ -36,8 +36,7 @@ macro_rules! abi_enum {
 }
 
 /// `proxy_status_t`: what every `env` host call returns. Only the statuses this host answers are
-/// here (the ABI also has SERIALIZATION_FAILURE, PARSE_FAILURE, INVALID_MEMORY_ACCESS and
-/// UNIMPLEMENTED). The SDKs panic on any status a call does not expect, so each host call answers
+/// here (the ABI also has SERIALIZATION_FAILURE, INVALID_MEMORY_ACCESS and UNIMPLEMENTED). The SDKs panic on any status a call does not expect, so each host call answers
 /// only those its callers handle.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +44,7 @@ pub enum Status {
     Ok = 0,
     NotFound = 1,
     BadArgument = 2,
+    ParseFailure = 4,
     Empty = 7,
     CasMismatch = 8,
     InternalFailure = 10,
@@ -173,6 +173,7 @@ mod tests {
         assert_eq!(MetricType::try_from(2), Ok(MetricType::Histogram));
         assert_eq!(MetricType::try_from(3), Err(Status::BadArgument));
         assert_eq!(u32::from(Status::InternalFailure), 10);
+        assert_eq!(u32::from(Status::ParseFailure), 4);
         assert_eq!(i32::from(Errno::Nosys), 52);
         assert_eq!(ClockId::try_from(3), Ok(ClockId::ThreadCputime));
         assert_eq!(ClockId::try_from(4), Err(Errno::Inval));

@@ -59,6 +59,10 @@ fn query_value<'a>(path: &'a str, key: &str) -> Option<&'a str> {
 }
 
 impl Context for Callout {
+    fn on_grpc_call_response(&mut self, _: u32, status_code: u32, _: usize) {
+        self.send_http_response(502, vec![], Some(format!("grpc answered {status_code}").as_bytes()));
+    }
+
     fn on_http_call_response(&mut self, _: u32, num_headers: usize, body_size: usize, _: usize) {
         if num_headers == 0 {
             self.send_http_response(503, vec![], Some(b"call failed"));
@@ -90,6 +94,17 @@ impl HttpContext for Callout {
                 Ok(_) => Action::Pause,
                 Err(status) => {
                     self.send_http_response(500, vec![], Some(format!("dispatch refused: {status:?}").as_bytes()));
+                    Action::Pause
+                }
+            };
+        }
+        if path.starts_with("/grpc") {
+            let cluster = query_value(&path, "cluster").unwrap_or("nope").to_string();
+            let timeout = Duration::from_millis(500);
+            return match self.dispatch_grpc_call(&cluster, "test.Service", "Call", vec![], Some(b"hi"), timeout) {
+                Ok(_) => Action::Pause,
+                Err(status) => {
+                    self.send_http_response(500, vec![], Some(format!("grpc refused: {status:?}").as_bytes()));
                     Action::Pause
                 }
             };
