@@ -62,15 +62,34 @@ pub fn active_entry(
         return Ok(Positive { jwt: jwt.to_string(), ..previous.clone() });
     }
     let jti = random_jti()?;
+    let jwt = &config.jwt;
     let jwt =
-        sign_jwt(key, &session.json, &config.issuer, config.jwt.audience.as_deref(), now, config.jwt.ttl_seconds, &jti)
+        sign_jwt(key, &session.json, &jwt.content, &config.issuer, jwt.audience.as_deref(), now, jwt.ttl_seconds, &jti)
             .map_err(|err| format!("could not sign the JWT: {err}"))?;
+    if let Some(advice) = size_advice(config, &jwt, &session.identity_id) {
+        log::warn!("{advice}");
+    }
     Ok(Positive {
         session_json: session.json.clone(),
         identity_id: session.identity_id.clone(),
         jwt,
         jwt_iat: now,
         jwt_exp: now.saturating_add(config.jwt.ttl_seconds),
+    })
+}
+
+/// What to say about a token too large for the headers of common servers; the request still
+/// gets it.
+pub fn size_advice(config: &OryConfig, jwt: &str, identity_id: &str) -> Option<String> {
+    let limit = config.jwt.warn_bytes;
+    (jwt.len() > limit).then(|| {
+        format!(
+            "the JWT for identity {identity_id} is {} bytes, more than {limit} (jwt.warn_bytes): servers that \
+             refuse header lines beyond 8 KiB (nginx, Node.js and others by default) will refuse it. Send less of \
+             the session with --jwt-session-claim minimal (jwt.session_claim), and copy what the app reads \
+             with --jwt-claim NAME=/json/pointer (jwt.claims)",
+            jwt.len()
+        )
     })
 }
 
@@ -116,6 +135,18 @@ mod tests {
         assert_ne!(other.jwt, first.jwt);
         assert_eq!(other.identity_id, "b");
         assert_eq!(active_result(ory, &first), SessionResult::Active { jwt: Some(first.jwt.clone()) });
+    }
+
+    #[test]
+    fn a_token_beyond_the_warning_size_comes_with_advice() {
+        let small = config(json!({ "warn_bytes": 300 }));
+        let ory = small.ory.as_ref().unwrap();
+        let entry = active_entry(ory, &small.signing_key, &session("a"), None, 1_000_000).unwrap();
+        assert!(entry.jwt.len() > 300, "the token is still made: {}", entry.jwt.len());
+        let advice = size_advice(ory, &entry.jwt, "a").expect("advice");
+        assert!(advice.contains("identity a") && advice.contains("--jwt-session-claim minimal"), "{advice}");
+        let roomy = config(json!({}));
+        assert_eq!(size_advice(roomy.ory.as_ref().unwrap(), &entry.jwt, "a"), None, "8 KiB by default");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePrivateKey as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// A P-256 private key with its key id (the RFC 7638 thumbprint of its public JWK, so the id is
@@ -139,14 +139,45 @@ pub enum TokenError {
     Signing,
 }
 
-/// The claims of the JWT the app receives (the claims `ory proxy` sends, plus `aud` when configured).
+/// The claims this proxy sets itself, which `--jwt-claim` cannot override.
+pub const RESERVED_CLAIMS: [&str; 8] = ["sub", "session", "iss", "aud", "iat", "nbf", "exp", "jti"];
+
+/// How much of the session goes into the `session` claim.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionClaim {
+    /// The whole whoami answer, as `ory proxy` sends it.
+    #[default]
+    Full,
+    /// Its id, identity id, assurance level, expiry and authentication methods: what fits in a
+    /// header however many devices and traits a session has.
+    Minimal,
+    /// No `session` claim.
+    None,
+}
+
+/// The members of a session that [`SessionClaim::Minimal`] keeps, by JSON pointer.
+const MINIMAL_SESSION: [&str; 5] =
+    ["/id", "/identity/id", "/authenticator_assurance_level", "/expires_at", "/authentication_methods"];
+
+/// What a token carries of the session besides `sub`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenContent {
+    pub session: SessionClaim,
+    /// Top-level claims copied from the session: the claim's name and an RFC 6901 JSON pointer
+    /// into the whoami answer. A pointer that finds nothing adds no claim.
+    pub copied: Vec<(String, String)>,
+}
+
+/// The claims of the JWT the app receives (the claims `ory proxy` sends, plus `aud` when
+/// configured and the claims copied from the session).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims<'a> {
     /// The identity id.
     pub sub: &'a str,
-    /// The whoami body exactly as Ory sent it; it is embedded as JSON, not re-encoded, so no field
-    /// is lost or reordered.
-    pub session: &'a [u8],
+    /// The whoami body exactly as Ory sent it (embedded as JSON, not re-encoded, so no field is
+    /// lost or reordered), a part of it, or none.
+    pub session: Option<std::borrow::Cow<'a, [u8]>>,
     /// The Ory URL.
     pub iss: &'a str,
     pub aud: Option<&'a str>,
@@ -154,6 +185,8 @@ pub struct Claims<'a> {
     pub nbf: u64,
     pub exp: u64,
     pub jti: &'a str,
+    /// Claims copied from the session, after the registered ones.
+    pub copied: Vec<(&'a str, serde_json::Value)>,
 }
 
 /// The part of a session we need to name the subject; everything else is carried untouched.
@@ -183,19 +216,22 @@ impl<'a> Claims<'a> {
             return Err(TokenError::ZeroLifetime);
         }
         let exp = now_unix.checked_add(ttl_secs).ok_or(TokenError::TimeOverflow)?;
-        Ok(Claims { sub, session, iss, aud, iat: now_unix, nbf: now_unix, exp, jti })
+        let session = Some(std::borrow::Cow::Borrowed(session));
+        Ok(Claims { sub, session, iss, aud, iat: now_unix, nbf: now_unix, exp, jti, copied: Vec::new() })
     }
 
     /// The claims as compact JSON. The session is checked to be a JSON object first, because it is
     /// spliced in as raw text.
     pub fn to_json(&self) -> Result<Vec<u8>, TokenError> {
-        let session = compact_json_object(self.session)?;
+        let session = self.session.as_deref().map(compact_json_object).transpose()?;
         let string = |s: &str| serde_json::to_string(s).unwrap_or_default();
-        let mut out = Vec::with_capacity(session.len() + 256);
+        let mut out = Vec::with_capacity(session.as_ref().map_or(0, Vec::len) + 256);
         out.extend_from_slice(b"{\"sub\":");
         out.extend_from_slice(string(self.sub).as_bytes());
-        out.extend_from_slice(b",\"session\":");
-        out.extend_from_slice(&session);
+        if let Some(session) = &session {
+            out.extend_from_slice(b",\"session\":");
+            out.extend_from_slice(session);
+        }
         out.extend_from_slice(b",\"iss\":");
         out.extend_from_slice(string(self.iss).as_bytes());
         if let Some(aud) = self.aud {
@@ -206,9 +242,35 @@ impl<'a> Claims<'a> {
             format!(",\"iat\":{},\"nbf\":{},\"exp\":{},\"jti\":", self.iat, self.nbf, self.exp).as_bytes(),
         );
         out.extend_from_slice(string(self.jti).as_bytes());
+        for (name, value) in &self.copied {
+            out.push(b',');
+            out.extend_from_slice(string(name).as_bytes());
+            out.push(b':');
+            out.extend_from_slice(&serde_json::to_vec(value).map_err(|_| TokenError::SessionNotJson)?);
+        }
         out.push(b'}');
         Ok(out)
     }
+}
+
+/// The members of `session` that [`SessionClaim::Minimal`] keeps, nested as in the session (so
+/// an app reading `session.identity.id` reads the same path).
+fn minimal_session(session: &serde_json::Value) -> Vec<u8> {
+    let mut minimal = serde_json::Value::Object(serde_json::Map::new());
+    for pointer in MINIMAL_SESSION {
+        let Some(value) = session.pointer(pointer) else { continue };
+        let mut at = &mut minimal;
+        let segments: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+        for (index, segment) in segments.iter().enumerate() {
+            let Some(object) = at.as_object_mut() else { break };
+            if index + 1 == segments.len() {
+                object.insert((*segment).to_string(), value.clone());
+                break;
+            }
+            at = object.entry(*segment).or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+        }
+    }
+    serde_json::to_vec(&minimal).unwrap_or_default()
 }
 
 /// Validates that `raw` is one JSON object and returns it without insignificant whitespace (a
@@ -257,11 +319,14 @@ pub fn sign_claims(key: &SigningKey, claims: &Claims<'_>) -> Result<String, Toke
     Ok(jws)
 }
 
-/// Makes the JWT for a session: `sub` is the session's `identity.id`, `session` the whole whoami
-/// body as received, `iat = nbf = now_unix`, `exp = now_unix + ttl_secs`.
+/// Makes the JWT for a session: `sub` is the session's `identity.id`, `session` the whoami body
+/// as received (or the part of it `content` asks for), `iat = nbf = now_unix`,
+/// `exp = now_unix + ttl_secs`, then the claims `content` copies from the session.
+#[allow(clippy::too_many_arguments)]
 pub fn sign_jwt(
     key: &SigningKey,
     session_json: &[u8],
+    content: &TokenContent,
     iss: &str,
     aud: Option<&str>,
     now_unix: u64,
@@ -271,7 +336,22 @@ pub fn sign_jwt(
     let probe: SubjectProbe = serde_json::from_slice(session_json).map_err(|_| TokenError::SessionNotJson)?;
     let sub =
         probe.identity.and_then(|identity| identity.id).filter(|id| !id.is_empty()).ok_or(TokenError::NoIdentityId)?;
-    let claims = Claims::new(&sub, session_json, iss, aud, now_unix, ttl_secs, jti)?;
+    let mut claims = Claims::new(&sub, session_json, iss, aud, now_unix, ttl_secs, jti)?;
+    // The whole session is spliced in as received; only a part of it, or copied claims, need it
+    // parsed.
+    if content.session != SessionClaim::Full || !content.copied.is_empty() {
+        let tree: serde_json::Value = serde_json::from_slice(session_json).map_err(|_| TokenError::SessionNotJson)?;
+        claims.session = match content.session {
+            SessionClaim::Full => claims.session,
+            SessionClaim::Minimal => Some(std::borrow::Cow::Owned(minimal_session(&tree))),
+            SessionClaim::None => None,
+        };
+        claims.copied = content
+            .copied
+            .iter()
+            .filter_map(|(name, pointer)| Some((name.as_str(), tree.pointer(pointer)?.clone())))
+            .collect();
+    }
     sign_claims(key, &claims)
 }
 
@@ -434,8 +514,17 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
         let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
         let session = session_example();
         let jti = uuid_v4([7; 16]);
-        let jwt =
-            sign_jwt(&key, &session, "https://example.projects.oryapis.com", None, 1_700_000_000, 60, &jti).unwrap();
+        let jwt = sign_jwt(
+            &key,
+            &session,
+            &TokenContent::default(),
+            "https://example.projects.oryapis.com",
+            None,
+            1_700_000_000,
+            60,
+            &jti,
+        )
+        .unwrap();
 
         let parts: Vec<&str> = jwt.split('.').collect();
         assert_eq!(parts.len(), 3);
@@ -460,10 +549,97 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
         assert!(verify(&jwt, &verifying_key_from_jwks(&key)));
     }
 
+    fn claims_of(jwt: &str) -> serde_json::Value {
+        decode_part(jwt.split('.').nth(1).unwrap())
+    }
+
+    #[test]
+    fn copied_claims_come_after_the_registered_ones_and_missing_values_add_none() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let copied = [("email", "/identity/traits/email"), ("aal", "/authenticator_assurance_level"), ("x", "/nope")];
+        let content = TokenContent {
+            session: SessionClaim::Full,
+            copied: copied.iter().map(|(name, pointer)| (name.to_string(), pointer.to_string())).collect(),
+        };
+        let jwt = sign_jwt(&key, &session_example(), &content, "https://ory", None, 10, 60, "j").unwrap();
+        let claims = claims_of(&jwt);
+        let original: serde_json::Value = serde_json::from_slice(&session_example()).unwrap();
+        assert_eq!(claims["email"], original["identity"]["traits"]["email"]);
+        assert!(claims["email"].is_string());
+        assert_eq!(claims["aal"], "aal1");
+        assert!(claims.get("x").is_none(), "a pointer that finds nothing adds no claim");
+        assert_eq!(claims["session"], original, "the whole session is still there");
+        assert!(verify(&jwt, &verifying_key_from_jwks(&key)));
+    }
+
+    #[test]
+    fn a_minimal_session_keeps_what_identifies_it_and_none_drops_it() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let original: serde_json::Value = serde_json::from_slice(&session_example()).unwrap();
+        let minimal = TokenContent { session: SessionClaim::Minimal, copied: Vec::new() };
+        let claims = claims_of(&sign_jwt(&key, &session_example(), &minimal, "i", None, 1, 60, "j").unwrap());
+        let expected = serde_json::json!({
+            "id": original["id"],
+            "identity": { "id": original["identity"]["id"] },
+            "authenticator_assurance_level": original["authenticator_assurance_level"],
+            "expires_at": original["expires_at"],
+            "authentication_methods": original["authentication_methods"],
+        });
+        assert_eq!(claims["session"], expected);
+        assert_eq!(claims["sub"], original["identity"]["id"]);
+
+        let none = TokenContent {
+            session: SessionClaim::None,
+            copied: vec![("email".into(), "/identity/traits/email".into())],
+        };
+        let claims = claims_of(&sign_jwt(&key, &session_example(), &none, "i", None, 1, 60, "j").unwrap());
+        assert!(claims.get("session").is_none());
+        assert_eq!(claims["email"], original["identity"]["traits"]["email"]);
+        assert_eq!(claims.as_object().unwrap().len(), 7, "sub, iss, iat, nbf, exp, jti and the copied claim");
+    }
+
+    /// A session as Ory answers it for someone signed in on `devices` devices.
+    fn session_with_devices(devices: usize) -> Vec<u8> {
+        let mut session: serde_json::Value = serde_json::from_slice(&session_example()).unwrap();
+        let device = session["devices"][0].clone();
+        session["devices"] = (0..devices)
+            .map(|n| {
+                let mut device = device.clone();
+                device["id"] = uuid_v4([n as u8; 16]).into();
+                device["user_agent"] =
+                    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Safari/605.1.15".into();
+                device
+            })
+            .collect();
+        serde_json::to_vec(&session).unwrap()
+    }
+
+    #[test]
+    fn the_whole_session_outgrows_a_header_with_many_devices_and_the_minimal_one_does_not() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let size = |session: &[u8], claim| {
+            let content = TokenContent { session: claim, copied: Vec::new() };
+            let jti = uuid_v4([1; 16]);
+            sign_jwt(&key, session, &content, "https://example.projects.oryapis.com", None, 1_700_000_000, 60, &jti)
+                .unwrap()
+                .len()
+        };
+        // The measured sizes (README, "Claims that fit in a header") come from here.
+        let one = size(&session_example(), SessionClaim::Full);
+        let fifty = size(&session_with_devices(50), SessionClaim::Full);
+        let minimal = size(&session_with_devices(50), SessionClaim::Minimal);
+        assert!(one < 4096, "one device: {one} bytes");
+        assert!(fifty > 8192, "50 devices: {fifty} bytes");
+        assert!(minimal < 1024, "minimal with 50 devices: {minimal} bytes");
+        eprintln!("JWT sizes: whole session, 1 device {one} B; 50 devices {fifty} B; minimal {minimal} B");
+    }
+
     #[test]
     fn aud_is_set_when_configured() {
         let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
-        let jwt = sign_jwt(&key, &session_example(), "https://ory", Some("my-app"), 10, 5, "j").unwrap();
+        let jwt =
+            sign_jwt(&key, &session_example(), &TokenContent::default(), "https://ory", Some("my-app"), 10, 5, "j")
+                .unwrap();
         let claims = decode_part(jwt.split('.').nth(1).unwrap());
         assert_eq!(claims["aud"], "my-app");
         assert_eq!(claims["exp"], 15);
@@ -473,7 +649,8 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
     fn tampering_breaks_the_signature() {
         let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
         let verifying = verifying_key_from_jwks(&key);
-        let jwt = sign_jwt(&key, &session_example(), "https://ory", None, 10, 60, "j").unwrap();
+        let jwt =
+            sign_jwt(&key, &session_example(), &TokenContent::default(), "https://ory", None, 10, 60, "j").unwrap();
         let parts: Vec<&str> = jwt.split('.').collect();
 
         let mut claims = decode_part(parts[1]);
@@ -484,7 +661,8 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
 
         // A signature by another key does not verify under ours.
         let other = SigningKey::from_secret(p256::SecretKey::from_slice(&[1; 32]).unwrap());
-        let by_other = sign_jwt(&other, &session_example(), "https://ory", None, 10, 60, "j").unwrap();
+        let by_other =
+            sign_jwt(&other, &session_example(), &TokenContent::default(), "https://ory", None, 10, 60, "j").unwrap();
         assert!(verify(&by_other, &verifying_key_from_jwks(&other)));
         assert!(!verify(&by_other, &verifying));
     }
@@ -494,7 +672,7 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
         let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
         let session = br#"{ "identity" : { "id" : "a b" },
             "traits": { "note": "tab\t and \"quoted\" and space " } , "n": [1, 2.5e3] }"#;
-        let jwt = sign_jwt(&key, session, "i", None, 1, 1, "j").unwrap();
+        let jwt = sign_jwt(&key, session, &TokenContent::default(), "i", None, 1, 1, "j").unwrap();
         let payload = B64URL.decode(jwt.split('.').nth(1).unwrap()).unwrap();
         let text = String::from_utf8(payload).unwrap();
         assert!(text.contains(r#""session":{"identity":{"id":"a b"},"traits":{"note":"tab\t and \"quoted\" and space "},"n":[1,2.5e3]}"#), "{text}");
@@ -505,22 +683,28 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
     #[test]
     fn sessions_without_an_identity_or_not_json_are_refused() {
         let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
-        assert_eq!(sign_jwt(&key, b"{\"active\":true}", "i", None, 1, 60, "j"), Err(TokenError::NoIdentityId));
         assert_eq!(
-            sign_jwt(&key, b"{\"identity\":{\"id\":\"\"}}", "i", None, 1, 60, "j"),
+            sign_jwt(&key, b"{\"active\":true}", &TokenContent::default(), "i", None, 1, 60, "j"),
             Err(TokenError::NoIdentityId)
         );
-        assert_eq!(sign_jwt(&key, b"not json", "i", None, 1, 60, "j"), Err(TokenError::SessionNotJson));
         assert_eq!(
-            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}} trailing", "i", None, 1, 60, "j"),
+            sign_jwt(&key, b"{\"identity\":{\"id\":\"\"}}", &TokenContent::default(), "i", None, 1, 60, "j"),
+            Err(TokenError::NoIdentityId)
+        );
+        assert_eq!(
+            sign_jwt(&key, b"not json", &TokenContent::default(), "i", None, 1, 60, "j"),
             Err(TokenError::SessionNotJson)
         );
         assert_eq!(
-            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}}", "i", None, 1, 0, "j"),
+            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}} trailing", &TokenContent::default(), "i", None, 1, 60, "j"),
+            Err(TokenError::SessionNotJson)
+        );
+        assert_eq!(
+            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}}", &TokenContent::default(), "i", None, 1, 0, "j"),
             Err(TokenError::ZeroLifetime)
         );
         assert_eq!(
-            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}}", "i", None, u64::MAX, 1, "j"),
+            sign_jwt(&key, b"{\"identity\":{\"id\":\"x\"}}", &TokenContent::default(), "i", None, u64::MAX, 1, "j"),
             Err(TokenError::TimeOverflow)
         );
         // Claims built by hand still refuse a session that is not one JSON object.
@@ -556,7 +740,8 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
     fn tokens_claiming_to_be_ours_are_recognised() {
         let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
         let issuer = "http://127.0.0.1:4433";
-        let ours = sign_jwt(&key, br#"{"identity":{"id":"u"}}"#, issuer, None, 1, 60, "j").unwrap();
+        let ours =
+            sign_jwt(&key, br#"{"identity":{"id":"u"}}"#, &TokenContent::default(), issuer, None, 1, 60, "j").unwrap();
         let ours_at = |value: &str| claims_to_be_ours(value, key.kid(), issuer);
         assert!(ours_at(&format!("Bearer {ours}")), "a token we signed, replayed");
         assert!(ours_at(&format!("bearer   {ours}")));
@@ -591,8 +776,17 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
         let not_ours = |value: &str| !claims_to_be_ours(value, key.kid(), issuer);
         let jwk = serde_json::json!({ "kty": "EC", "crv": "P-256", "d": B64URL.encode([7u8; 32]) });
         let other_key = SigningKey::from_config_value(&jwk).unwrap();
-        let other =
-            sign_jwt(&other_key, br#"{"identity":{"id":"u"}}"#, "https://idp.example", None, 1, 60, "j").unwrap();
+        let other = sign_jwt(
+            &other_key,
+            br#"{"identity":{"id":"u"}}"#,
+            &TokenContent::default(),
+            "https://idp.example",
+            None,
+            1,
+            60,
+            "j",
+        )
+        .unwrap();
         assert!(not_ours(&format!("Bearer {other}")), "another issuer's JWT");
         for value in [
             "",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ory_proxy_filter::config::DEFAULT_JWT_TTL_SECONDS;
+use ory_proxy_filter::config::{DEFAULT_JWT_TTL_SECONDS, DEFAULT_JWT_WARN_BYTES, SessionClaim};
 use url::Url;
 
 use crate::proxy::Limits;
@@ -233,6 +233,23 @@ pub struct LocalArgs {
     /// Do not add a JWT to requests.
     #[arg(long)]
     pub no_jwt: bool,
+
+    /// Copy a value of the session into a top-level JWT claim: a claim name and a JSON pointer
+    /// into Ory's whoami answer, e.g. email=/identity/traits/email. Repeatable. The claims the
+    /// proxy sets itself (sub, iss, aud, exp, …) cannot be overridden.
+    #[arg(long, value_name = "NAME=/POINTER")]
+    pub jwt_claim: Vec<String>,
+
+    /// How much of the session goes into the JWT's `session` claim: all of it (as `ory proxy`
+    /// does), a minimal part (its id, identity id, assurance level, expiry and authentication
+    /// methods), or none. A session with many devices or large traits can outgrow the header
+    /// limit of common servers (8 KiB).
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = SessionClaimArg::Full)]
+    pub jwt_session_claim: SessionClaimArg,
+
+    /// Log a warning, with advice, when a JWT is longer than this many bytes (it is still sent).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_JWT_WARN_BYTES)]
+    pub jwt_warn_bytes: u32,
 
     /// Set this Domain on the cookies Ory sends (default: none, the cookie belongs to the host).
     #[arg(long, value_name = "DOMAIN")]
@@ -485,6 +502,24 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     Ok((name.to_string(), value.to_string()))
 }
 
+/// `--jwt-session-claim`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SessionClaimArg {
+    Full,
+    Minimal,
+    None,
+}
+
+impl From<SessionClaimArg> for SessionClaim {
+    fn from(arg: SessionClaimArg) -> SessionClaim {
+        match arg {
+            SessionClaimArg::Full => SessionClaim::Full,
+            SessionClaimArg::Minimal => SessionClaim::Minimal,
+            SessionClaimArg::None => SessionClaim::None,
+        }
+    }
+}
+
 /// A duration as humans write it (`500ms`, `60s`, `5m`, `1h30m`); a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<humantime::Duration, String> {
     let text = text.trim();
@@ -648,6 +683,44 @@ mod tests {
             let error = resolve_with(&args, None).unwrap_err().to_string();
             assert!(error.starts_with("--pass-client-header: "), "{error}");
         }
+        std::fs::remove_file(&key).unwrap();
+    }
+
+    #[test]
+    fn jwt_claims_reach_the_deployment_and_bad_ones_name_their_flag() {
+        let key = std::env::temp_dir().join(format!("ory-proxy-cli-claims-{}.pem", std::process::id()));
+        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem())
+            .unwrap();
+        let base = ["local", "http://localhost:3000", "--jwt-key", key.to_str().unwrap()];
+        let deployment = |extra: &[&str]| {
+            let Command::Local(args) = parse(&[&base[..], extra].concat()).unwrap().command else { unreachable!() };
+            resolve_with(&args, None).map_err(|error| error.to_string())
+        };
+        let plain = deployment(&[]).unwrap();
+        assert_eq!(plain.jwt_session_claim, SessionClaim::Full, "the whole session, as ory proxy");
+        assert!(plain.jwt_claims.is_empty());
+        let set = deployment(&[
+            "--jwt-claim",
+            "email=/identity/traits/email",
+            "--jwt-claim",
+            "aal=/authenticator_assurance_level",
+            "--jwt-session-claim",
+            "minimal",
+            "--jwt-warn-bytes",
+            "4096",
+        ])
+        .unwrap();
+        let names: Vec<&str> = set.jwt_claims.iter().map(|claim| claim.name.as_str()).collect();
+        assert_eq!(names, ["email", "aal"]);
+        assert_eq!(set.jwt_claims[0].pointer.as_str(), "/identity/traits/email");
+        assert_eq!((set.jwt_session_claim, set.jwt_warn_bytes), (SessionClaim::Minimal, 4096));
+        let twice = ["--jwt-claim", "e=/a", "--jwt-claim", "e=/b"];
+        assert_eq!(deployment(&twice).unwrap_err(), "--jwt-claim: e is given twice");
+        for bad in ["sub=/identity/id", "email", "email=identity/traits/email", "=/id"] {
+            let error = deployment(&["--jwt-claim", bad]).unwrap_err();
+            assert!(error.starts_with("--jwt-claim: "), "{bad}: {error}");
+        }
+        assert!(parse(&[&base[..], &["--jwt-session-claim", "some"]].concat()).is_err());
         std::fs::remove_file(&key).unwrap();
     }
 

@@ -5,16 +5,18 @@
 //! configuration by construction.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
-use std::num::NonZeroU64;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-/// The type of [`Deployment::pass_client_headers`].
-pub use ory_proxy_filter::config::PassableHeader;
+/// The types of [`Deployment::pass_client_headers`], [`Deployment::jwt_claims`] and
+/// [`Deployment::jwt_session_claim`].
+pub use ory_proxy_filter::config::{ClaimName, CopiedClaim, PassableHeader, SessionClaim, SessionPointer};
 use ory_proxy_filter::config::{
-    CookiePrefix, CorsHeaders, CorsOrigins, DEFAULT_JWT_TTL_SECONDS, DEFAULT_ORY_CLUSTER, DEFAULT_PROXY_NAMES,
-    FilterConfig, JwtSettings, OrySettings, PathGlobs, PathPrefixes, PathRegexes, Protect, SessionCacheSettings,
+    CookiePrefix, CorsHeaders, CorsOrigins, DEFAULT_JWT_TTL_SECONDS, DEFAULT_JWT_WARN_BYTES, DEFAULT_ORY_CLUSTER,
+    DEFAULT_PROXY_NAMES, FilterConfig, JwtSettings, OrySettings, PathGlobs, PathPrefixes, PathRegexes, Protect,
+    SessionCacheSettings,
 };
 use ory_proxy_filter::rewrite::ORY_PREFIX;
 use url::Url;
@@ -73,6 +75,10 @@ pub struct Deployment {
     pub jwt_enabled: bool,
     pub jwt_ttl: Duration,
     pub jwt_audience: Option<String>,
+    /// Claims copied from the session (checked as they are made).
+    pub jwt_claims: Vec<CopiedClaim>,
+    pub jwt_session_claim: SessionClaim,
+    pub jwt_warn_bytes: u32,
     pub session_cache_ttl: Option<Duration>,
     pub cookie_domain: Option<String>,
     pub default_redirect_url: Option<Url>,
@@ -112,6 +118,9 @@ impl Deployment {
             jwt_enabled: true,
             jwt_ttl: Duration::from_secs(DEFAULT_JWT_TTL_SECONDS),
             jwt_audience: None,
+            jwt_claims: Vec::new(),
+            jwt_session_claim: SessionClaim::default(),
+            jwt_warn_bytes: DEFAULT_JWT_WARN_BYTES,
             session_cache_ttl: None,
             cookie_domain: None,
             default_redirect_url: None,
@@ -172,6 +181,9 @@ pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<De
         jwt_enabled: !args.no_jwt,
         jwt_ttl: args.jwt_ttl.into(),
         jwt_audience: args.jwt_audience.clone(),
+        jwt_claims: copied_claims(&args.jwt_claim)?,
+        jwt_session_claim: args.jwt_session_claim.into(),
+        jwt_warn_bytes: args.jwt_warn_bytes,
         session_cache_ttl: args.session_cache_ttl.map(Into::into),
         cookie_domain: args.cookie_domain.clone(),
         default_redirect_url: args.default_redirect_url.clone(),
@@ -186,6 +198,22 @@ pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<De
         open_path_wait: args.open_path_wait.map(Into::into),
         session_cookie_prefixes: args.session_cookie.clone(),
     })
+}
+
+/// `--jwt-claim NAME=/POINTER`s, checked as the filter checks them.
+fn copied_claims(given: &[String]) -> anyhow::Result<Vec<CopiedClaim>> {
+    let mut claims: Vec<CopiedClaim> = Vec::with_capacity(given.len());
+    for text in given {
+        let (name, pointer) =
+            text.split_once('=').with_context(|| format!("--jwt-claim: `{text}` is not NAME=/json/pointer"))?;
+        let name = ClaimName::try_from(name).map_err(|err| anyhow::anyhow!("--jwt-claim: {err}"))?;
+        let pointer = SessionPointer::try_from(pointer).map_err(|err| anyhow::anyhow!("--jwt-claim: {err}"))?;
+        if claims.iter().any(|claim| claim.name == name) {
+            bail!("--jwt-claim: {} is given twice", name.as_str());
+        }
+        claims.push(CopiedClaim { name, pointer });
+    }
+    Ok(claims)
 }
 
 /// The plan `ory-proxy local` would run with the same flags, for Envoy.
@@ -503,6 +531,9 @@ impl Deployment {
             enabled: self.jwt_enabled,
             ttl_seconds: NonZeroU64::new(self.jwt_ttl.as_secs()).context("--jwt-ttl must be at least 1s")?,
             audience: self.jwt_audience.clone(),
+            session_claim: self.jwt_session_claim,
+            claims: self.jwt_claims.clone(),
+            warn_bytes: NonZeroU32::new(self.jwt_warn_bytes).context("--jwt-warn-bytes must be at least 1")?,
         };
         if !self.session_cookie_prefixes.is_empty() {
             filter.session_cookie_prefixes = self

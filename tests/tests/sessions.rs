@@ -160,10 +160,38 @@ both_hosts! {
         let jwt = bearer(world.last_app_header("authorization")).unwrap();
         assert_ne!(jwt, "client-value");
         world.verified_claims(&jwt).await;
+        // A measurement for the README, not an assertion: what the stand-in's session costs.
+        eprintln!("JWT of the stand-in's session, whole: {} bytes", jwt.len());
 
         let without = world.client.get(&world.url("/public"), &[("authorization", "Bearer api-key-123")]).await.unwrap();
         assert_eq!(without.status, StatusCode::OK);
         assert_eq!(world.last_app_header("authorization").as_deref(), Some("Bearer api-key-123"));
+        world.stop().await;
+    }
+
+    async fn the_jwt_carries_the_claims_asked_for_and_only_a_minimal_session(host: Host) {
+        use ory_proxy::deployment::{ClaimName, CopiedClaim, SessionClaim, SessionPointer};
+        let world = World::start_with(host, |deployment| {
+            deployment.jwt_session_claim = SessionClaim::Minimal;
+            deployment.jwt_claims = vec![CopiedClaim {
+                name: ClaimName::try_from("email").unwrap(),
+                pointer: SessionPointer::try_from("/identity/traits/email").unwrap(),
+            }];
+        })
+        .await;
+        let session = world.standin.create_session(DEMO_EMAIL).unwrap();
+        let answer = world.client.get(&world.url("/members"), &[("cookie", &session.cookie)]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        let jwt = bearer(world.last_app_header("authorization")).expect("a JWT");
+        eprintln!("JWT of the stand-in's session, minimal with an email claim: {} bytes", jwt.len());
+        let claims = world.verified_claims(&jwt).await;
+        assert_eq!(claims["email"], DEMO_EMAIL);
+        let minimal = claims["session"].as_object().expect("a session claim");
+        let mut kept: Vec<&str> = minimal.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["authentication_methods", "authenticator_assurance_level", "expires_at", "id", "identity"]);
+        assert_eq!(claims["session"]["identity"].as_object().map(|identity| identity.len()), Some(1), "{claims}");
+        assert_eq!(claims["session"]["identity"]["id"], claims["sub"]);
         world.stop().await;
     }
 

@@ -44,7 +44,7 @@ use crate::load::LoadPolicy;
 use crate::origin::{Origin, ProxyNames};
 use crate::paths::{Case, ProtectionRules};
 use crate::rewrite::OryTarget;
-use crate::token::SigningKey;
+use crate::token::{SigningKey, TokenContent};
 
 mod schema;
 #[cfg(test)]
@@ -101,6 +101,10 @@ pub struct JwtConfig {
     pub enabled: bool,
     pub ttl_seconds: u64,
     pub audience: Option<String>,
+    /// What of the session the token carries.
+    pub content: TokenContent,
+    /// Tokens longer than this are logged with advice.
+    pub warn_bytes: usize,
 }
 
 /// A configuration error; its message names the offending field.
@@ -263,19 +267,32 @@ fn ory_config(ory: &OrySettings, settings: &FilterConfig, key: &SigningKey) -> R
         Some(aud) if aud.trim().is_empty() => return Err(field_error("jwt.audience", "must not be empty")),
         Some(aud) => Some(aud.to_string()),
     };
-    let jwt = JwtConfig { enabled: jwt.enabled, ttl_seconds: jwt.ttl_seconds.get(), audience };
+    let mut copied: Vec<(String, String)> = Vec::with_capacity(jwt.claims.len());
+    for claim in &jwt.claims {
+        if copied.iter().any(|(name, _)| name == claim.name.as_str()) {
+            return Err(field_error("jwt.claims", format!("{:?} is copied twice", claim.name.as_str())));
+        }
+        copied.push((claim.name.as_str().to_string(), claim.pointer.as_str().to_string()));
+    }
+    let content = TokenContent { session: jwt.session_claim, copied };
+    let warn_bytes = usize::try_from(jwt.warn_bytes.get()).unwrap_or(usize::MAX);
+    let jwt = JwtConfig { enabled: jwt.enabled, ttl_seconds: jwt.ttl_seconds.get(), audience, content, warn_bytes };
 
     let sc = &settings.session_cache;
     if sc.max_entry_bytes < MIN_MAX_ENTRY_BYTES {
         return Err(field_error("session_cache.max_entry_bytes", format!("must be at least {MIN_MAX_ENTRY_BYTES}")));
     }
     let ttl_text = jwt.ttl_seconds.to_string();
+    // Cached tokens are shared by every VM of one VM id: a configuration that makes other tokens
+    // must not reuse them.
+    let content_text = format!("{:?}", jwt.content);
     let namespace = cache::namespace_for(&[
         &issuer,
         jwt.audience.as_deref().unwrap_or(""),
         key.kid(),
         &ttl_text,
         if jwt.enabled { "jwt" } else { "no-jwt" },
+        &content_text,
     ]);
     let cache = CachePolicy {
         namespace,

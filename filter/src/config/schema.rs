@@ -11,13 +11,16 @@ use std::num::{NonZeroU32, NonZeroU64};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{cache, cors, forwarded, load, paths, session};
+pub use crate::token::SessionClaim;
+use crate::{cache, cors, forwarded, load, paths, session, token};
 
 pub const DEFAULT_ORY_CLUSTER: &str = "ory";
 /// How long apps may cache `/.ory/jwks.json` unless configured otherwise.
 pub const DEFAULT_JWKS_MAX_AGE_SECONDS: u32 = 300;
 pub const DEFAULT_WHOAMI_TIMEOUT_MS: u32 = 5_000;
 pub const DEFAULT_JWT_TTL_SECONDS: u64 = 60;
+/// Tokens longer than this are logged with advice: 8 KiB is the header limit of many servers.
+pub const DEFAULT_JWT_WARN_BYTES: u32 = 8 * 1024;
 pub const DEFAULT_PROXY_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
 /// The whole configuration, as `on_configure` receives it.
@@ -156,12 +159,38 @@ pub struct JwtSettings {
     /// The `aud` claim of every token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// How much of the session goes into the `session` claim.
+    #[serde(skip_serializing_if = "is_default")]
+    pub session_claim: SessionClaim,
+    /// Top-level claims copied from the session, in this order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<CopiedClaim>,
+    /// A token longer than this is logged with advice (and still sent): many servers refuse a
+    /// header line beyond 8 KiB.
+    #[serde(skip_serializing_if = "is_default_warn_bytes")]
+    pub warn_bytes: NonZeroU32,
 }
 
 impl Default for JwtSettings {
     fn default() -> Self {
-        JwtSettings { enabled: true, ttl_seconds: nonzero_u64(DEFAULT_JWT_TTL_SECONDS), audience: None }
+        JwtSettings {
+            enabled: true,
+            ttl_seconds: nonzero_u64(DEFAULT_JWT_TTL_SECONDS),
+            audience: None,
+            session_claim: SessionClaim::default(),
+            claims: Vec::new(),
+            warn_bytes: nonzero_u32(DEFAULT_JWT_WARN_BYTES),
+        }
     }
+}
+
+/// A claim copied from the session into every token (`--jwt-claim NAME=POINTER`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopiedClaim {
+    pub name: ClaimName,
+    /// Where the value is in the whoami answer.
+    pub pointer: SessionPointer,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +329,30 @@ checked_item!(
     forwarded::passable_header
 );
 checked_item!(
+    /// The name of a claim copied from the session: not one the proxy sets itself.
+    ClaimName,
+    |name| {
+        if name.is_empty() || name.chars().any(char::is_control) {
+            return Err(format!("{name:?} is not a claim name"));
+        }
+        if token::RESERVED_CLAIMS.contains(&name) {
+            return Err(format!("{name:?} is set by the proxy itself and cannot be copied from the session"));
+        }
+        Ok(name.to_string())
+    }
+);
+checked_item!(
+    /// An RFC 6901 JSON pointer into the whoami answer, e.g. `/identity/traits/email`.
+    SessionPointer,
+    |pointer| {
+        let escapes_are_whole = pointer.split('~').skip(1).all(|after| after.starts_with(['0', '1']));
+        if !pointer.starts_with('/') || !escapes_are_whole {
+            return Err(format!("{pointer:?} is not a JSON pointer like /identity/traits/email"));
+        }
+        Ok(pointer.to_string())
+    }
+);
+checked_item!(
     /// The start of a session cookie's name.
     CookiePrefix,
     |prefix| {
@@ -349,4 +402,5 @@ is_default_of!(
     is_default_negative_ttl: SessionCacheSettings.negative_ttl_ms: u64,
     is_default_slots: SessionCacheSettings.slots: NonZeroU32,
     is_default_max_entry_bytes: SessionCacheSettings.max_entry_bytes: u64,
+    is_default_warn_bytes: JwtSettings.warn_bytes: NonZeroU32,
 );

@@ -104,7 +104,17 @@ fn ory_defaults() {
     assert!(ory.rules.is_empty());
     assert!(ory.passed_client_headers.is_empty());
     assert_eq!(ory.signing_kid, config.signing_key.kid());
-    assert_eq!(ory.jwt, JwtConfig { enabled: true, ttl_seconds: 60, audience: None });
+    assert_eq!(
+        ory.jwt,
+        JwtConfig {
+            enabled: true,
+            ttl_seconds: 60,
+            audience: None,
+            content: TokenContent::default(),
+            warn_bytes: 8192
+        }
+    );
+    assert_eq!(ory.jwt.content.session, SessionClaim::Full);
     assert_eq!(ory.cache.session_ttl_ms, 5000);
     assert_eq!(ory.cache.negative_ttl_ms, 1000);
     assert_eq!(ory.cache.slots, 4096);
@@ -128,7 +138,8 @@ fn every_field_is_read() {
         "protect": { "prefixes": ["/members"], "globs": ["/admin/**"], "regexes": ["^/api/v[0-9]+/"],
                      "ignore_case": true },
         "pass_client_headers": ["X-Remote-User"],
-        "jwt": { "enabled": false, "ttl_seconds": 120, "audience": "my-app" },
+        "jwt": { "enabled": false, "ttl_seconds": 120, "audience": "my-app", "session_claim": "minimal",
+                 "claims": [{ "name": "email", "pointer": "/identity/traits/email" }], "warn_bytes": 4096 },
         "session_cache": { "ttl_ms": 100, "negative_ttl_ms": 50, "slots": 8, "max_entry_bytes": 4096 },
         "session_cookie_prefixes": ["ory_", "my_session"],
         "cookie_domain": "example.test",
@@ -152,7 +163,14 @@ fn every_field_is_read() {
     assert!(ory.rules.protects(&normalized("/MEMBERS/1")), "ignore_case is read");
     assert!(ory.rules.protects(&normalized("/API/V2/x")));
     assert_eq!(ory.passed_client_headers, ["x-remote-user"]);
-    assert_eq!(ory.jwt, JwtConfig { enabled: false, ttl_seconds: 120, audience: Some("my-app".into()) });
+    let content = TokenContent {
+        session: SessionClaim::Minimal,
+        copied: vec![("email".into(), "/identity/traits/email".into())],
+    };
+    assert_eq!(
+        ory.jwt,
+        JwtConfig { enabled: false, ttl_seconds: 120, audience: Some("my-app".into()), content, warn_bytes: 4096 }
+    );
     assert_eq!((ory.cache.session_ttl_ms, ory.cache.negative_ttl_ms), (100, 50));
     assert_eq!((ory.cache.slots, ory.cache.max_entry_bytes), (8, 4096));
     assert_eq!(ory.session_cookie_prefixes, ["ory_", "my_session"]);
@@ -186,6 +204,15 @@ fn bad_values_name_their_field() {
         (json!({ "pass_client_headers": "x-user" }), "pass_client_headers:"),
         (json!({ "jwt": { "ttl_seconds": 0 } }), "jwt.ttl_seconds:"),
         (json!({ "jwt": { "audience": "" } }), "jwt.audience:"),
+        (json!({ "jwt": { "session_claim": "some" } }), "jwt.session_claim:"),
+        (json!({ "jwt": { "claims": [{ "name": "sub", "pointer": "/id" }] } }), "jwt.claims[0].name:"),
+        (json!({ "jwt": { "claims": [{ "name": "email", "pointer": "identity" }] } }), "jwt.claims[0].pointer:"),
+        (json!({ "jwt": { "claims": [{ "name": "e", "pointer": "/a~2" }] } }), "jwt.claims[0].pointer:"),
+        (
+            json!({ "jwt": { "claims": [{ "name": "e", "pointer": "/a" }, { "name": "e", "pointer": "/b" }] } }),
+            "jwt.claims:",
+        ),
+        (json!({ "jwt": { "warn_bytes": 0 } }), "jwt.warn_bytes:"),
         (json!({ "session_cache": { "slots": 0 } }), "session_cache.slots:"),
         (json!({ "session_cache": { "max_entry_bytes": 10 } }), "session_cache.max_entry_bytes:"),
         (json!({ "session_cookie_prefixes": ["ory_", ""] }), "session_cookie_prefixes[1]:"),
