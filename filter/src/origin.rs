@@ -191,7 +191,9 @@ impl ProxyNames {
 }
 
 /// The origin the browser should be sent back to: the one it used when its `Host` names the
-/// proxy, otherwise the configured public URL's origin.
+/// proxy, otherwise the configured public URL's origin. A request for the public URL's host that
+/// is not also one of the proxy's own names came through the door that URL names (a load
+/// balancer, say, that ended TLS before the proxy): it keeps the public URL's scheme.
 pub fn proxy_origin(
     request_scheme: Option<&str>,
     request_authority: Option<&str>,
@@ -203,7 +205,8 @@ pub fn proxy_origin(
         .zip(request_authority.and_then(parse_authority))
         .map(|(scheme, (host, port))| Origin::new(scheme, host, port).without_trailing_dot());
     match used {
-        Some(origin) if origin.host == public_origin.host || names.contains(&origin.host) => origin,
+        Some(origin) if names.contains(&origin.host) => origin,
+        Some(origin) if origin.host == public_origin.host => Origin { scheme: public_origin.scheme, ..origin },
         _ => public_origin.clone(),
     }
 }
@@ -368,6 +371,21 @@ mod tests {
         let none = ProxyNames::new(&[]).expect("no names");
         let origin = proxy_origin(Some("https"), Some("App.Example.com:8443"), &public, &none);
         assert_eq!(origin.to_string(), "https://app.example.com:8443");
+    }
+
+    #[test]
+    fn the_public_host_behind_a_tls_terminating_balancer_keeps_the_public_scheme() {
+        let public = Origin::from_public_url("https://app.example.com").expect("valid");
+        let names = ProxyNames::new(&["localhost".to_string(), "127.0.0.1".to_string()]).expect("names");
+        // The balancer speaks plain HTTP to the proxy: the browser still used https.
+        let origin = proxy_origin(Some("http"), Some("app.example.com"), &public, &names);
+        assert_eq!(origin.to_string(), "https://app.example.com");
+        // The proxy's own names keep what the request used.
+        let origin = proxy_origin(Some("http"), Some("127.0.0.1:4000"), &public, &names);
+        assert_eq!(origin.to_string(), "http://127.0.0.1:4000");
+        let local = Origin::from_public_url("https://localhost:4000").expect("valid");
+        let origin = proxy_origin(Some("http"), Some("localhost:4000"), &local, &names);
+        assert_eq!(origin.to_string(), "http://localhost:4000", "a local public URL changes nothing");
     }
 
     #[test]

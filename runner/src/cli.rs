@@ -144,6 +144,12 @@ pub struct LocalArgs {
     #[arg(value_parser = http_url)]
     pub upstream: Url,
 
+    /// The URL browsers use for the proxy when it is not http(s)://localhost:<port>: behind a
+    /// load balancer or a real domain, e.g. https://app.example.com. Redirects, `return_to` and
+    /// Ory's URLs are made on it; requests naming another host fall back to it.
+    #[arg(long, value_name = "URL", value_parser = public_url)]
+    pub public_url: Option<Url>,
+
     /// Your Ory (Network or self-hosted Kratos) public URL. ORY_KRATOS_URL is read too.
     #[arg(long, env = "ORY_SDK_URL", value_parser = http_url_or_empty)]
     pub sdk_url: Option<UrlOrEmpty>,
@@ -556,6 +562,16 @@ fn http_url_or_empty(text: &str) -> Result<UrlOrEmpty, String> {
     }
 }
 
+/// An origin browsers use: `http(s)://host[:port]`, without a path (the proxy serves from its
+/// host's root).
+fn public_url(text: &str) -> Result<Url, String> {
+    let url = http_url(text)?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("`{text}`: only a scheme, host and port, e.g. https://app.example.com"));
+    }
+    Ok(url)
+}
+
 /// An `http` or `https` URL with a host.
 pub fn http_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|err| format!("`{text}` is not a URL, e.g. http://localhost:3000 ({err})"))?;
@@ -721,6 +737,24 @@ mod tests {
             assert!(error.starts_with("--jwt-claim: "), "{bad}: {error}");
         }
         assert!(parse(&[&base[..], &["--jwt-session-claim", "some"]].concat()).is_err());
+        std::fs::remove_file(&key).unwrap();
+    }
+
+    #[test]
+    fn a_public_url_is_an_origin_and_becomes_the_deployments() {
+        let key = std::env::temp_dir().join(format!("ory-proxy-cli-public-{}.pem", std::process::id()));
+        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem())
+            .unwrap();
+        let base = ["local", "http://localhost:3000", "--jwt-key", key.to_str().unwrap()];
+        let flags = [&base[..], &["--public-url", "https://app.example.com"]].concat();
+        let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
+        let deployment = resolve_with(&args, None).unwrap();
+        assert_eq!(deployment.public_url.as_str(), "https://app.example.com/");
+        assert_eq!(deployment.listen.to_string(), format!("127.0.0.1:{}", args.serve.port), "still listening locally");
+        for bad in ["https://app.example.com/app", "app.example.com", "https://app.example.com/?x=1"] {
+            let error = parse(&[&base[..], &["--public-url", bad]].concat()).unwrap_err().to_string();
+            assert!(error.contains("--public-url"), "{bad}: {error}");
+        }
         std::fs::remove_file(&key).unwrap();
     }
 

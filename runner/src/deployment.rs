@@ -154,7 +154,8 @@ pub async fn resolve(args: &LocalArgs) -> anyhow::Result<Deployment> {
 
 /// [`resolve`] with Ory already found (or not used).
 pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<Deployment> {
-    let (listen, public_url) = listen_and_public_url(&args.serve)?;
+    let (listen, local_url) = listen_and_public_url(&args.serve)?;
+    let public_url = args.public_url.clone().unwrap_or(local_url);
     let pass_client_headers = args
         .pass_client_header
         .iter()
@@ -449,18 +450,27 @@ fn origin(url: &Url) -> Url {
     origin
 }
 
-/// The host names under which this proxy answers: a request naming one of them keeps its own
-/// scheme and host in redirects; any other host is treated as spoofed.
-pub fn proxy_names(listen: &SocketAddr, public_url: &Url) -> Vec<String> {
+/// The host names under which this proxy answers on this machine: a request naming one of them
+/// keeps its own scheme and host in redirects. The public URL's host is trusted too, but comes
+/// through the door that URL names (its scheme wins), so it is not one of these; any other host
+/// is treated as spoofed.
+pub fn local_names(listen: &SocketAddr) -> Vec<String> {
     let mut names: Vec<String> = DEFAULT_PROXY_NAMES.map(String::from).to_vec();
     let listen_ip = listen.ip();
+    if !listen_ip.is_unspecified() && !names.contains(&listen_ip.to_string()) {
+        names.push(listen_ip.to_string());
+    }
+    names
+}
+
+/// Every host name the proxy answers for, the public URL's included: what its certificate names.
+pub fn proxy_names(listen: &SocketAddr, public_url: &Url) -> Vec<String> {
+    let mut names = local_names(listen);
     let public_host = public_url.host_str().map(|host| host.trim_start_matches('[').trim_end_matches(']'));
-    let more =
-        (!listen_ip.is_unspecified()).then(|| listen_ip.to_string()).into_iter().chain(public_host.map(String::from));
-    for name in more {
-        if !names.contains(&name) {
-            names.push(name);
-        }
+    if let Some(host) = public_host
+        && !names.iter().any(|name| name == host)
+    {
+        names.push(host.to_string());
     }
     names
 }
@@ -524,7 +534,7 @@ impl Deployment {
         }
         filter.ory = Some(ory);
         filter.public_url = Some(self.public_url.as_str().trim_end_matches('/').to_string());
-        filter.proxy_names = proxy_names(&self.listen, &self.public_url);
+        filter.proxy_names = local_names(&self.listen);
         filter.protect = self.protection.to_filter()?;
         filter.pass_client_headers = self.pass_client_headers.clone();
         filter.jwt = JwtSettings {

@@ -71,6 +71,9 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
     let public = plan.public_url.as_str().trim_end_matches('/');
     println!("ory-proxy is running.");
     println!("  Open your app at   {public}/");
+    if args.public_url.is_some() {
+        println!("  Listening on       {address} (the public URL has to lead here)");
+    }
     announce_certificate(ca.as_ref(), &args.serve)?;
     println!("  Your app           {}", deployment.upstream);
     match &deployment.ory_url {

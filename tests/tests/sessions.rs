@@ -101,6 +101,29 @@ both_hosts! {
         world.stop().await;
     }
 
+    async fn behind_a_public_url_redirects_name_it_and_spoofed_hosts_fall_back_to_it(host: Host) {
+        let world = World::start_with(host, |deployment| {
+            deployment.public_url = url::Url::parse("https://app.example.com").unwrap();
+        })
+        .await;
+        let login = |host_header: &'static str| {
+            let (client, url) = (&world.client, world.url("/members?a=1"));
+            async move {
+                let answer = client.get(&url, &[HTML, ("host", host_header)]).await.unwrap();
+                assert_eq!(answer.status, StatusCode::SEE_OTHER, "{host_header}");
+                answer.header("location").unwrap().to_string()
+            }
+        };
+        // Through a balancer that ended TLS: the browser used https://app.example.com.
+        let expected = "https://app.example.com/.ory/self-service/login/browser?return_to=https%3A%2F%2Fapp.example.com%2Fmembers%3Fa%3D1";
+        assert_eq!(login("app.example.com").await, expected);
+        assert_eq!(login("evil.example").await, expected, "a spoofed host gets the public URL");
+        // The proxy's own names still keep what the browser used.
+        let local = login("127.0.0.1").await;
+        assert!(local.starts_with("http://127.0.0.1/.ory/self-service/login/browser?"), "{local}");
+        world.stop().await;
+    }
+
     async fn an_api_client_without_a_session_gets_401_json(host: Host) {
         let world = World::start(host).await;
         let answer = world.client.get(&world.url("/members"), &[JSON]).await.unwrap();
