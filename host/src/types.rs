@@ -49,19 +49,12 @@ impl HeaderList {
     }
 
     /// Replaces every value of `name` with one value (appended when absent).
+    /// Replaces every value of `name` with `value`, at the end of the list: Envoy's `setCopy`
+    /// (remove, then add), so a filter sees the same order in both hosts.
     pub fn set(&mut self, name: &str, value: &[u8]) {
         let name = name.to_ascii_lowercase();
-        match self.0.iter().position(|(k, _)| *k == name) {
-            Some(first) => {
-                self.0[first].1 = value.to_vec();
-                let mut index = 0;
-                self.0.retain(|(k, _)| {
-                    index += 1;
-                    index - 1 == first || *k != name
-                });
-            }
-            None => self.0.push((name, value.to_vec())),
-        }
+        self.0.retain(|(k, _)| *k != name);
+        self.0.push((name, value.to_vec()));
     }
 
     pub fn remove(&mut self, name: &str) {
@@ -263,10 +256,10 @@ mod tests {
     }
 
     #[test]
-    fn set_replaces_all_values_and_keeps_position() {
+    fn set_replaces_all_values_at_the_end() {
         let mut list = HeaderList::from_pairs([("a", "1"), ("b", "1"), ("a", "2")]);
         list.set("A", b"3");
-        assert_eq!(list, HeaderList::from_pairs([("a", "3"), ("b", "1")]));
+        assert_eq!(list, HeaderList::from_pairs([("b", "1"), ("a", "3")]));
     }
 }
 

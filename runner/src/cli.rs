@@ -303,6 +303,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
 
+    /// Worker threads, each serving its connections with a filter VM of its own (Envoy's
+    /// --concurrency). Default: one per CPU core.
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<NonZeroU32>,
+
     /// Serve plain HTTP only (by default the port answers HTTPS and HTTP alike).
     #[arg(long)]
     pub no_https: bool,
@@ -350,6 +355,10 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    pub fn workers(&self) -> Option<usize> {
+        self.concurrency.map(|n| n.get() as usize)
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             request_headers_timeout: self.request_headers_timeout.into(),

@@ -90,6 +90,8 @@ pub struct Deployment {
     pub upstream_ca_file: Option<PathBuf>,
     /// Timeouts and sizes that bound clients and upstreams.
     pub limits: Limits,
+    /// Worker threads (one per core when `None`).
+    pub workers: Option<usize>,
     /// The ES256 key as PEM (or a private JWK).
     pub signing_key: String,
     /// Put the key itself into the filter configuration instead of the VMs' environment (for
@@ -129,6 +131,7 @@ impl Deployment {
             rewrite_host: false,
             upstream_ca_file: None,
             limits: Limits::default(),
+            workers: None,
             signing_key,
             inline_signing_key: false,
             max_concurrent_whoami: None,
@@ -193,6 +196,7 @@ pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<De
         rewrite_host: args.rewrite_host,
         upstream_ca_file: args.serve.upstream_ca_file.clone(),
         limits: args.serve.limits(),
+        workers: args.serve.workers(),
         signing_key,
         inline_signing_key: false,
         max_concurrent_whoami: args.max_concurrent_whoami.map(std::num::NonZeroU32::get),
@@ -290,6 +294,7 @@ pub fn resolve_run(args: &RunArgs) -> anyhow::Result<Plan> {
         routes,
         upstream_ca_file: args.serve.upstream_ca_file.clone(),
         limits: args.serve.limits(),
+        workers: args.serve.workers(),
         plugin,
     })
 }
@@ -350,6 +355,9 @@ pub struct Plan {
     /// The CA certificates (PEM) HTTPS upstreams are verified against, instead of the usual roots.
     pub upstream_ca_file: Option<PathBuf>,
     pub limits: Limits,
+    /// Worker threads, each with a VM of the plugin (a service has one); one per core when
+    /// `None`.
+    pub workers: Option<usize>,
     pub plugin: PluginPlan,
 }
 
@@ -515,6 +523,7 @@ impl Deployment {
             routes,
             upstream_ca_file: self.upstream_ca_file.clone(),
             limits: self.limits,
+            workers: self.workers,
             plugin: PluginPlan::ory(filter, vm_environment),
         })
     }

@@ -52,7 +52,9 @@ pub async fn start_with_tls(plan: &Plan, wasm: &[u8], tls: Option<Arc<rustls::Se
     );
     let plugin = load_filter(plan, wasm)?;
     let clusters = Clusters::new(plan.clusters.clone(), plan.upstream_ca_file.as_deref())?;
-    let pool = FilterPool::start(plugin, clusters, PoolOptions::default()).context("starting the filter")?;
+    let defaults = PoolOptions::default();
+    let options = PoolOptions { workers: plan.workers.unwrap_or(defaults.workers), ..defaults };
+    let pool = FilterPool::start(plugin, clusters, options).context("starting the filter")?;
     let limits = Limits { max_connections: fit_descriptor_limit(plan.limits.max_connections), ..plan.limits };
     let options = ServeOptions { listen: plan.listen, limits, tls, ..ServeOptions::default() };
     Proxy::bind(pool, plan.routes.clone(), options).await

@@ -93,6 +93,7 @@ both_hosts! {
         // What the filter changed.
         assert_eq!(value(&headers, "x-remove-me"), None);
         assert_eq!(value(&headers, "x-replace"), Some("replaced"));
+        assert_eq!(value(&headers, "x-last-after-replace"), Some("x-replace"), "a replaced header moves to the end");
         let added: Vec<&str> = headers.get_all("x-added").iter().filter_map(|v| v.to_str().ok()).collect();
         assert_eq!(added, ["one", "two"]);
         // What the edge manages before any filter runs: the scheme, the peer appended to the

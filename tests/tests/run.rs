@@ -71,6 +71,21 @@ both_hosts! {
         std::fs::remove_file(&vm_config).unwrap();
     }
 
+    async fn one_worker_is_one_vm_for_every_connection(host: Host) {
+        let (app, _seen) = app("app").await;
+        let plan = run_plan(Filter::Test("plugin"), &["--upstream", &url(&app), "--concurrency", "1"]);
+        let proxy = Proxy::start_plan(host, &plan, Filter::Test("plugin")).await;
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            // A client of its own each time: a new connection, which two workers would share out.
+            let answer = HttpClient::new().get(&proxy.url("/identity"), &[]).await.unwrap();
+            ids.push(answer.header("x-context-id").unwrap_or_default().parse::<u32>().unwrap());
+        }
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "one VM numbers every stream: {ids:?}");
+        proxy.stop().await;
+        app.shutdown().await;
+    }
+
     async fn unset_names_and_configurations_are_empty_as_in_envoy(host: Host) {
         let (app, _seen) = app("app").await;
         let plan = run_plan(Filter::Test("plugin"), &["--upstream", &url(&app)]);
@@ -109,6 +124,11 @@ both_hosts! {
         let routed = client.get(&proxy.url("/backend/page"), &[]).await.unwrap();
         assert_eq!(routed.text(), "backend saw /backend/page");
         assert_eq!(backend_seen.lock().unwrap().len(), 2, "one call, one routed request");
+        // The call, as Envoy's client sends it: marked internal, with the time it was given.
+        let (path, call) = backend_seen.lock().unwrap()[0].clone();
+        assert_eq!(path, "/check");
+        assert_eq!(call.get("x-envoy-internal").and_then(|v| v.to_str().ok()), Some("true"));
+        assert_eq!(call.get("x-envoy-expected-rq-timeout-ms").and_then(|v| v.to_str().ok()), Some("500"));
         proxy.stop().await;
         main.shutdown().await;
         backend.shutdown().await;

@@ -185,8 +185,14 @@ impl Clusters {
         let body = full(call.body);
         let timeout = if call.timeout.is_zero() { Duration::from_secs(60) } else { call.timeout };
         let started = tokio::time::Instant::now();
+        let mut headers = call.headers;
+        // As Envoy's client marks a filter's call: internal, with the time it is given.
+        headers.set("x-envoy-internal", b"true");
+        if !call.timeout.is_zero() {
+            headers.set("x-envoy-expected-rq-timeout-ms", call.timeout.as_millis().to_string().as_bytes());
+        }
         let to = Destination { cluster: &call.cluster, path: &path, host: None, websocket: false };
-        let response = match self.send(to, &call.headers, body, timeout).await {
+        let response = match self.send(to, &headers, body, timeout).await {
             Ok(response) => response,
             Err(UpstreamError::Timeout(_)) => return Some(HttpCallResponse::timeout()),
             Err(UpstreamError::Unreachable { reason, .. }) => {

@@ -74,6 +74,9 @@ impl HttpContext for Headers {
         self.add_http_request_header("x-wasi-realtime-ns", &realtime.as_nanos().to_string());
         self.set_http_request_header("x-remove-me", None);
         self.set_http_request_header("x-replace", Some("replaced"));
+        // Where a replaced header ends up: Envoy removes it and adds it again, at the end.
+        let last = self.get_http_request_headers().last().map(|(name, _)| name.clone()).unwrap_or_default();
+        self.add_http_request_header("x-last-after-replace", &last);
         self.add_http_request_header("x-added", "one");
         self.add_http_request_header("x-added", "two");
         if path.starts_with("/rewrite") {

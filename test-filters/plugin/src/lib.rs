@@ -54,8 +54,8 @@ impl RootContext for Root {
         let _ = self.dispatch_http_call("backend", headers, None, vec![], Duration::from_secs(1));
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { identity: self.identity.clone() }))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream { identity: self.identity.clone(), context_id }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -65,13 +65,18 @@ impl RootContext for Root {
 
 struct Stream {
     identity: Rc<Identity>,
+    /// Numbered by the VM, from 2 (the root context is 1): it tells VMs apart.
+    context_id: u32,
 }
 
 impl Context for Stream {}
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         if self.get_http_request_header(":path").as_deref() == Some("/identity") {
-            let headers = self.identity.0.iter().map(|(name, value)| (*name, value.as_str())).collect();
+            let context_id = self.context_id.to_string();
+            let mut headers: Vec<(&str, &str)> =
+                self.identity.0.iter().map(|(name, value)| (*name, value.as_str())).collect();
+            headers.push(("x-context-id", &context_id));
             self.send_http_response(200, headers, Some(b"identity"));
             return Action::Pause;
         }

@@ -120,7 +120,7 @@ impl Proxy {
                     bootstrap: bootstrap_yaml(plan, &options),
                     admin_port,
                     listen: Some(plan.listen),
-                    concurrency: ENVOY_WORKERS,
+                    concurrency: plan.workers.map_or(ENVOY_WORKERS, |workers| workers as u32),
                     env: environment.to_vec(),
                     cpu_list: None,
                     log_level: None,
