@@ -265,9 +265,15 @@ mod glue {
             let method = header(&headers, ":method").unwrap_or_default();
             let path = header(&headers, ":path").unwrap_or_default();
             let config = self.config.clone();
+            let asked = endpoints::Asked {
+                method,
+                path,
+                if_none_match: header(&headers, "if-none-match"),
+                now_unix: now_ms() / 1000,
+            };
             let Some(ory) = config.ory.as_ref() else {
                 // JWKS only.
-                return match endpoints::answer(&config, method, path) {
+                return match endpoints::answer(&config, asked) {
                     Some(response) => send_reply(&response),
                     None => Action::Continue,
                 };
@@ -282,7 +288,7 @@ mod glue {
                 request_origin: header(&headers, "origin").map(str::to_string),
                 method: method.to_string(),
             };
-            if let Some(response) = endpoints::answer(&config, method, path) {
+            if let Some(response) = endpoints::answer(&config, asked) {
                 self.flow.borrow_mut().path = Path::Local { seen, refresh_cookies: Vec::new() };
                 return send_reply(&response);
             }

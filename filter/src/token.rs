@@ -15,15 +15,72 @@ pub struct SigningKey {
     secret: p256::SecretKey,
     // Kept ready so that signing does not rebuild it from the scalar every time.
     signer: p256::ecdsa::SigningKey,
+    public: PublicKey,
+}
+
+/// The public half of a signing key, as the JWKS publishes it: coordinates and key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
     kid: String,
     x: String,
     y: String,
 }
 
+impl PublicKey {
+    /// The key of a public EC JWK (`kty` EC, `crv` P-256, `x`, `y` a point on the curve); its key
+    /// id is the thumbprint, whatever `kid` the JWK says.
+    pub fn from_jwk(jwk: &serde_json::Value) -> Result<PublicKey, String> {
+        let text = |name: &str| jwk.get(name).and_then(serde_json::Value::as_str);
+        if text("kty") != Some("EC") || text("crv") != Some("P-256") {
+            return Err("expected a public JWK with kty EC and crv P-256".to_string());
+        }
+        let coordinate = |name: &str| -> Result<Vec<u8>, String> {
+            let value = text(name).ok_or_else(|| format!("the JWK has no {name}"))?;
+            let bytes = B64URL.decode(value).map_err(|_| format!("{name} is not base64url"))?;
+            if bytes.len() != 32 {
+                return Err(format!("{name} is not 32 bytes"));
+            }
+            Ok(bytes)
+        };
+        let mut point = vec![0x04];
+        point.extend(coordinate("x")?);
+        point.extend(coordinate("y")?);
+        p256::PublicKey::from_sec1_bytes(&point).map_err(|_| "x and y are not a point on P-256".to_string())?;
+        Ok(PublicKey::from_point(&point))
+    }
+
+    /// From uncompressed SEC1: 0x04 || X (32 bytes) || Y (32 bytes).
+    fn from_point(point: &[u8]) -> PublicKey {
+        let x = B64URL.encode(&point[1..33]);
+        let y = B64URL.encode(&point[33..65]);
+        // RFC 7638: the required members in lexicographic order, no whitespace.
+        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
+        let kid = B64URL.encode(Sha256::digest(canonical.as_bytes()));
+        PublicKey { kid, x, y }
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public JWK, as published in the JWKS.
+    pub fn jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": self.x,
+            "y": self.y,
+            "kid": self.kid,
+            "alg": "ES256",
+            "use": "sig",
+        })
+    }
+}
+
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the private half.
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey").field("kid", &self.public.kid).finish_non_exhaustive()
     }
 }
 
@@ -72,39 +129,30 @@ impl SigningKey {
         let secret = p256::SecretKey::from_slice(&d).map_err(|_| "d is not a P-256 private scalar".to_string())?;
         let key = SigningKey::from_secret(secret);
         // A JWK whose public half does not match its private half is corrupt: refuse it.
-        if jwk.x.as_deref().is_some_and(|x| x != key.x) || jwk.y.as_deref().is_some_and(|y| y != key.y) {
+        if jwk.x.as_deref().is_some_and(|x| x != key.public.x) || jwk.y.as_deref().is_some_and(|y| y != key.public.y) {
             return Err("x and y do not belong to d".to_string());
         }
         Ok(key)
     }
 
     fn from_secret(secret: p256::SecretKey) -> SigningKey {
-        let point = secret.public_key().to_sec1_bytes();
-        // Uncompressed SEC1: 0x04 || X (32 bytes) || Y (32 bytes).
-        let x = B64URL.encode(&point[1..33]);
-        let y = B64URL.encode(&point[33..65]);
-        // RFC 7638: the required members in lexicographic order, no whitespace.
-        let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
-        let kid = B64URL.encode(Sha256::digest(canonical.as_bytes()));
+        let public = PublicKey::from_point(&secret.public_key().to_sec1_bytes());
         let signer = p256::ecdsa::SigningKey::from(&secret);
-        SigningKey { secret, signer, kid, x, y }
+        SigningKey { secret, signer, public }
     }
 
     pub fn kid(&self) -> &str {
-        &self.kid
+        &self.public.kid
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
     }
 
     /// The public JWK, as published in the JWKS.
     pub fn public_jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "EC",
-            "crv": "P-256",
-            "x": self.x,
-            "y": self.y,
-            "kid": self.kid,
-            "alg": "ES256",
-            "use": "sig",
-        })
+        self.public.jwk()
     }
 
     /// The private scalar, for signing.
@@ -114,8 +162,8 @@ impl SigningKey {
 }
 
 /// The JWKS document: `{"keys":[…]}` with every key that may have signed a live token.
-pub fn jwks_document(keys: &[&SigningKey]) -> Vec<u8> {
-    let keys: Vec<_> = keys.iter().map(|key| key.public_jwk()).collect();
+pub fn jwks_document(keys: &[&PublicKey]) -> Vec<u8> {
+    let keys: Vec<_> = keys.iter().map(|key| key.jwk()).collect();
     serde_json::to_vec(&serde_json::json!({ "keys": keys })).unwrap_or_default()
 }
 
@@ -303,7 +351,7 @@ fn compact_json_object(raw: &[u8]) -> Result<Vec<u8>, TokenError> {
 
 /// Signs `claims` as a compact JWS: `base64url(header).base64url(claims).base64url(R || S)`.
 pub fn sign_claims(key: &SigningKey, claims: &Claims<'_>) -> Result<String, TokenError> {
-    let header = serde_json::json!({ "alg": "ES256", "kid": key.kid, "typ": "JWT" });
+    let header = serde_json::json!({ "alg": "ES256", "kid": key.kid(), "typ": "JWT" });
     let header = serde_json::to_vec(&header).map_err(|_| TokenError::Signing)?;
     let payload = claims.to_json()?;
     let mut jws = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 96);
@@ -412,6 +460,11 @@ pub(crate) mod tests {
     /// Made with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`; the expected
     /// coordinates and thumbprint below were computed from it with openssl and Python, not with
     /// this code.
+    /// A second key, for tests that need one besides [`TEST_KEY_PEM`]'s.
+    pub fn other_test_key() -> SigningKey {
+        SigningKey::from_secret(p256::SecretKey::from_slice(&[7; 32]).expect("a valid scalar"))
+    }
+
     pub const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
 MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgnfEJ7/G7ExQwJocQ
 6fRATyerKZ7YW02BdR+DjnvGv/ShRANCAATp5SaywtVG+MRxX7vNuIp+N+ZB94u0
@@ -474,9 +527,23 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
     #[test]
     fn jwks_document_lists_keys() {
         let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
-        let doc: serde_json::Value = serde_json::from_slice(&jwks_document(&[&key])).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&jwks_document(&[key.public_key()])).unwrap();
         assert_eq!(doc["keys"].as_array().unwrap().len(), 1);
         assert_eq!(doc["keys"][0]["kid"], TEST_THUMBPRINT);
+    }
+
+    #[test]
+    fn a_public_jwk_reads_back_as_the_same_key_and_garbage_is_refused() {
+        let key = SigningKey::from_pem(TEST_KEY_PEM).unwrap();
+        let mut jwk = key.public_jwk();
+        jwk["kid"] = "whatever it says".into();
+        let public = PublicKey::from_jwk(&jwk).unwrap();
+        assert_eq!(&public, key.public_key(), "the id is the thumbprint, not what the JWK says");
+        let mut off_curve = key.public_jwk();
+        off_curve["y"] = off_curve["x"].clone();
+        for bad in [serde_json::json!({"kty": "RSA"}), serde_json::json!({"kty": "EC", "crv": "P-256"}), off_curve] {
+            assert!(PublicKey::from_jwk(&bad).is_err(), "{bad}");
+        }
     }
 
     const SESSION_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/ory/session-example.json");
@@ -487,7 +554,7 @@ Dy4ZUtFjUhd63kscYys++3NFZPxjE3dIcAUgiCUo7FKdcB2wYlyONWP1
 
     /// The verifying key an app would build from the published JWK.
     fn verifying_key_from_jwks(key: &SigningKey) -> p256::ecdsa::VerifyingKey {
-        let doc: serde_json::Value = serde_json::from_slice(&jwks_document(&[key])).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&jwks_document(&[key.public_key()])).unwrap();
         let jwk = &doc["keys"][0];
         let mut point = vec![0x04];
         point.extend(B64URL.decode(jwk["x"].as_str().unwrap()).unwrap());

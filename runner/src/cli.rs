@@ -82,6 +82,20 @@ pub enum Command {
     /// The local certificate authority that HTTPS uses.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The JWT signing keys kept in $ORY_PROXY_HOME.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a new signing key and keep the current one as the previous: the JWKS publishes both
+    /// until the tokens the old key signed and the JWKS caches holding it have run out
+    /// (--jwt-ttl plus the JWKS max-age, 6 minutes by default), then only the new one. Restart
+    /// ory-proxy (and make Envoy's configuration again) to sign with it.
+    Rotate,
+    /// Show the kept keys with their key ids and ages.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,8 +243,10 @@ pub struct LocalArgs {
     pub open_path_wait: Option<humantime::Duration>,
 
     /// Sign JWTs with this key (PKCS#8 or SEC1 PEM, or a private JWK) instead of the kept one.
-    #[arg(long, value_name = "FILE")]
-    pub jwt_key: Option<PathBuf>,
+    /// Given twice, the second is the previous key: it signs nothing, and the JWKS publishes it
+    /// for --jwt-ttl plus the JWKS max-age after its file was last written (when it was retired).
+    #[arg(long, value_name = "FILE", num_args = 1, action = clap::ArgAction::Append)]
+    pub jwt_key: Vec<PathBuf>,
 
     /// Put this `aud` claim into every JWT.
     #[arg(long, value_name = "AUDIENCE")]
@@ -765,6 +781,39 @@ mod tests {
             assert!(error.contains("--public-url"), "{bad}: {error}");
         }
         std::fs::remove_file(&key).unwrap();
+    }
+
+    #[test]
+    fn a_second_jwt_key_is_the_previous_one_published_for_a_while() {
+        let dir = std::env::temp_dir().join(format!("ory-proxy-cli-two-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str| {
+            let path = dir.join(name);
+            std::fs::write(
+                &path,
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem(),
+            )
+            .unwrap();
+            path.to_str().unwrap().to_string()
+        };
+        let (current, previous) = (write("current.pem"), write("previous.pem"));
+        let args = ["local", "http://localhost:3000", "--sdk-url", "http://127.0.0.1:4433", "--jwt-key", &current];
+        let two = [&args[..], &["--jwt-key", &previous]].concat();
+        let Command::Local(parsed) = parse(&two).unwrap().command else { unreachable!() };
+        let deployment = resolve_with(&parsed, UrlOrEmpty::url(&parsed.sdk_url)).unwrap();
+        let retired = deployment.previous_key.as_ref().expect("the second key is the previous one");
+        let written: serde_json::Value =
+            serde_json::from_str(&deployment.plan().unwrap().filter_configuration()).unwrap();
+        let published = &written["previous_keys"][0];
+        assert_eq!(published["jwk"]["kid"], retired.key.kid());
+        assert!(published["jwk"].get("d").is_none(), "only the public half");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let until = published["until_unix"].as_u64().unwrap();
+        assert!(until.abs_diff(now + 360) < 30, "the JWT TTL and the JWKS max-age after the file was written: {until}");
+        let three = [&two[..], &["--jwt-key", &current]].concat();
+        let Command::Local(parsed) = parse(&three).unwrap().command else { unreachable!() };
+        assert!(resolve_with(&parsed, None).unwrap_err().to_string().contains("at most twice"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -10,15 +10,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+pub use ory_proxy_filter::config::DEFAULT_JWT_TTL_SECONDS;
 /// The types of [`Deployment::pass_client_headers`], [`Deployment::jwt_claims`] and
 /// [`Deployment::jwt_session_claim`].
 pub use ory_proxy_filter::config::{ClaimName, CopiedClaim, PassableHeader, SessionClaim, SessionPointer};
 use ory_proxy_filter::config::{
-    CookiePrefix, CorsHeaders, CorsOrigins, DEFAULT_JWT_TTL_SECONDS, DEFAULT_JWT_WARN_BYTES, DEFAULT_ORY_CLUSTER,
-    DEFAULT_PROXY_NAMES, FilterConfig, JwtSettings, OrySettings, PathGlobs, PathPrefixes, PathRegexes, Protect,
+    CookiePrefix, CorsHeaders, CorsOrigins, DEFAULT_JWT_WARN_BYTES, DEFAULT_ORY_CLUSTER, DEFAULT_PROXY_NAMES,
+    FilterConfig, JwtSettings, OrySettings, PathGlobs, PathPrefixes, PathRegexes, PreviousKey, Protect,
     SessionCacheSettings,
 };
 use ory_proxy_filter::rewrite::ORY_PREFIX;
+/// The type of [`crate::home::RetiredKey::key`].
+pub use ory_proxy_filter::token::SigningKey;
 use url::Url;
 
 use crate::cli::{EnvoyArgs, LocalArgs, RunArgs, ServeArgs, TextOrFile, UrlOrEmpty};
@@ -94,6 +97,8 @@ pub struct Deployment {
     pub workers: Option<usize>,
     /// The ES256 key as PEM (or a private JWK).
     pub signing_key: String,
+    /// The key that signed before it, still published for a while.
+    pub previous_key: Option<home::RetiredKey>,
     /// Put the key itself into the filter configuration instead of the VMs' environment (for
     /// proxy-wasm hosts that cannot give a VM environment variables).
     pub inline_signing_key: bool,
@@ -133,6 +138,7 @@ impl Deployment {
             limits: Limits::default(),
             workers: None,
             signing_key,
+            previous_key: None,
             inline_signing_key: false,
             max_concurrent_whoami: None,
             open_path_wait: None,
@@ -165,9 +171,17 @@ pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<De
         .map(|name| PassableHeader::try_from(name.as_str()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| anyhow::anyhow!("--pass-client-header: {err}"))?;
-    let (signing_key, _) = match &args.jwt_key {
-        Some(path) => home::read_signing_key(path)?,
-        None => home::kept_signing_key(&home::dir()?)?,
+    let (signing_key, previous_key) = match args.jwt_key.as_slice() {
+        [] => {
+            let home = home::dir()?;
+            (home::kept_signing_key(&home)?.0, home::kept_previous_key(&home)?)
+        }
+        [current] => (home::read_signing_key(current)?.0, None),
+        [current, previous] => {
+            let retired = home::read_retired_key(previous).map_err(|error| anyhow::anyhow!("--jwt-key {error:#}"))?;
+            (home::read_signing_key(current)?.0, Some(retired))
+        }
+        _ => bail!("--jwt-key: at most twice, the current key and the previous one"),
     };
     Ok(Deployment {
         upstream: args.upstream.clone(),
@@ -198,6 +212,7 @@ pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<De
         limits: args.serve.limits(),
         workers: args.serve.workers(),
         signing_key,
+        previous_key,
         inline_signing_key: false,
         max_concurrent_whoami: args.max_concurrent_whoami.map(std::num::NonZeroU32::get),
         open_path_wait: args.open_path_wait.map(Into::into),
@@ -233,6 +248,12 @@ pub async fn resolve_for_envoy(args: &EnvoyArgs) -> anyhow::Result<Plan> {
     let mut deployment = resolve(&local).await?;
     deployment.inline_signing_key = args.inline_signing_key;
     deployment.plan()
+}
+
+/// How long a retired key stays in the JWKS: until the last token it signed (`jwt_ttl`) and the
+/// last JWKS cache without the new key (the JWKS max-age) have run out.
+pub fn previous_key_window(jwt_ttl: Duration) -> Duration {
+    jwt_ttl + Duration::from_secs(u64::from(FilterConfig::default().jwks_max_age_seconds))
 }
 
 /// The cluster `--upstream` makes for `ory-proxy run`.
@@ -312,7 +333,7 @@ fn read_text_flag(flag: &str, given: Option<&TextOrFile>) -> anyhow::Result<Stri
 
 /// The file the signing key is read from: --jwt-key, or the one kept in $ORY_PROXY_HOME.
 pub fn signing_key_file(args: &LocalArgs) -> anyhow::Result<PathBuf> {
-    match &args.jwt_key {
+    match args.jwt_key.first() {
         Some(path) => Ok(path.clone()),
         None => Ok(home::dir()?.join(home::SIGNING_KEY_FILE)),
     }
@@ -494,7 +515,8 @@ impl Deployment {
         let mut clusters = vec![app];
         let mut routes = vec![app_route];
 
-        let mut filter = FilterConfig::default();
+        let previous_keys = self.previous_key.iter().filter_map(|retired| self.still_published(retired)).collect();
+        let mut filter = FilterConfig { previous_keys, ..FilterConfig::default() };
         let vm_environment = if self.inline_signing_key {
             filter.signing_key = Some(self.signing_key.clone().into());
             Vec::new()
@@ -526,6 +548,15 @@ impl Deployment {
             workers: self.workers,
             plugin: PluginPlan::ory(filter, vm_environment),
         })
+    }
+
+    /// A retired key as the JWKS publishes it: until the tokens it signed (`--jwt-ttl`) and the
+    /// JWKS caches that hold it (the JWKS max-age) have run out; `None` once they have.
+    fn still_published(&self, retired: &home::RetiredKey) -> Option<PreviousKey> {
+        let retired_at = retired.retired.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        let until_unix = retired_at.saturating_add(previous_key_window(self.jwt_ttl).as_secs());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        (until_unix > now).then(|| PreviousKey { jwk: retired.key.public_jwk(), until_unix })
     }
 
     /// Everything the filter needs to know about Ory and the paths it guards; what was not asked

@@ -5,11 +5,15 @@
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
 use ory_proxy_filter::token::SigningKey;
 
 pub const SIGNING_KEY_FILE: &str = "jwt-signing-key.pem";
+/// The key `ory-proxy key rotate` retired: published in the JWKS for a while after its file was
+/// written, never used to sign.
+pub const PREVIOUS_KEY_FILE: &str = "jwt-signing-key.previous.pem";
 
 /// The state directory: `$ORY_PROXY_HOME`, else `<config dir>/ory-proxy`.
 pub fn dir() -> anyhow::Result<PathBuf> {
@@ -50,9 +54,57 @@ pub fn kept_signing_key(home: &Path) -> anyhow::Result<(String, SigningKey)> {
         })?;
         return Ok((text, key));
     }
+    let (text, key) = new_key()?;
+    write_private(&path, text.as_bytes())?;
+    Ok((text, key))
+}
+
+/// A retired key and when it was retired (its file's modification time: `key rotate` wrote it).
+#[derive(Debug, Clone)]
+pub struct RetiredKey {
+    pub key: SigningKey,
+    pub retired: SystemTime,
+}
+
+/// Reads a retired key's file; its modification time is when it was retired.
+pub fn read_retired_key(path: &Path) -> anyhow::Result<RetiredKey> {
+    let text = fs::read_to_string(path).with_context(|| format!("{}: cannot read it", path.display()))?;
+    let key = SigningKey::from_config_value(&serde_json::Value::String(text))
+        .map_err(|reason| anyhow::anyhow!("{}: {reason}", path.display()))?;
+    let retired = fs::metadata(path).and_then(|meta| meta.modified()).with_context(|| format!("{}", path.display()))?;
+    Ok(RetiredKey { key, retired })
+}
+
+/// The previous key kept in `home`, if `key rotate` retired one.
+pub fn kept_previous_key(home: &Path) -> anyhow::Result<Option<RetiredKey>> {
+    let path = home.join(PREVIOUS_KEY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_retired_key(&path).map(Some)
+}
+
+/// Makes a new signing key in `home` and keeps the current one as the previous (replacing any
+/// older previous key). Returns the new key and the one it retired.
+pub fn rotate(home: &Path) -> anyhow::Result<(SigningKey, Option<SigningKey>)> {
+    let current = home.join(SIGNING_KEY_FILE);
+    let retired = match current.exists() {
+        true => {
+            let (text, key) = kept_signing_key(home)?;
+            // First the copy, then the new key: a crash in between leaves the current key in use.
+            write_private(&home.join(PREVIOUS_KEY_FILE), text.as_bytes())?;
+            Some(key)
+        }
+        false => None,
+    };
+    let (text, key) = new_key()?;
+    write_private(&current, text.as_bytes())?;
+    Ok((key, retired))
+}
+
+fn new_key() -> anyhow::Result<(String, SigningKey)> {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a P-256 key")?;
     let text = pair.serialize_pem();
-    write_private(&path, text.as_bytes())?;
     let key = SigningKey::from_pem(&text).map_err(|reason| anyhow::anyhow!("the new key is unusable: {reason}"))?;
     Ok((text, key))
 }
@@ -100,6 +152,28 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = fs::metadata(dir.join(SIGNING_KEY_FILE)).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rotating_keeps_the_current_key_as_the_previous_one() {
+        let dir = temp_dir("rotate");
+        let (first_new, none) = rotate(&dir).unwrap();
+        assert!(none.is_none(), "nothing to retire yet");
+        assert!(kept_previous_key(&dir).unwrap().is_none());
+        let (second_new, retired) = rotate(&dir).unwrap();
+        assert_eq!(retired.map(|key| key.kid().to_string()), Some(first_new.kid().to_string()));
+        let (_, current) = kept_signing_key(&dir).unwrap();
+        assert_eq!(current.kid(), second_new.kid(), "the new key signs from now on");
+        let previous = kept_previous_key(&dir).unwrap().expect("a previous key");
+        assert_eq!(previous.key.kid(), first_new.kid());
+        assert!(previous.retired.elapsed().unwrap() < std::time::Duration::from_secs(60));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(dir.join(PREVIOUS_KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the retired key is still a secret");
         }
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, LocalArgs, RunArgs, ServeArgs};
+use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, KeyCommand, LocalArgs, RunArgs, ServeArgs};
 use ory_proxy::deployment::{self, Placement, Plan, signing_key_file};
 use ory_proxy::{home, local, tls, trust};
 use tracing_subscriber::EnvFilter;
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Run(args) => runtime.block_on(run_filter(args)),
         Command::EnvoyConfig(args) => runtime.block_on(envoy_config(&args)),
         Command::Cert(command) => run_cert(command),
+        Command::Key(command) => run_key(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,6 +226,65 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn run_key(command: KeyCommand) -> anyhow::Result<()> {
+    let home = home::dir()?;
+    let window =
+        deployment::previous_key_window(std::time::Duration::from_secs(ory_proxy::deployment::DEFAULT_JWT_TTL_SECONDS));
+    match command {
+        KeyCommand::Rotate => {
+            let (new, retired) = home::rotate(&home)?;
+            println!("New signing key {} in {}", new.kid(), home.join(home::SIGNING_KEY_FILE).display());
+            match retired {
+                Some(old) => println!(
+                    "The previous key {} is kept in {}: the JWKS publishes it beside the new one for {} from now \
+                     (with the default --jwt-ttl), then only the new key.",
+                    old.kid(),
+                    home.join(home::PREVIOUS_KEY_FILE).display(),
+                    humantime::format_duration(window)
+                ),
+                None => println!("There was no key before it."),
+            }
+            println!("Restart ory-proxy to sign with it; for Envoy, make the configuration again with envoy-config.");
+        }
+        KeyCommand::List => {
+            let path = home.join(home::SIGNING_KEY_FILE);
+            if !path.exists() {
+                println!("No signing key yet in {}: the first `ory-proxy local` makes one.", home.display());
+                return Ok(());
+            }
+            let (_, current) = home::kept_signing_key(&home)?;
+            let made = std::fs::metadata(&path).and_then(|meta| meta.modified()).ok();
+            println!("current   {}  made {} ago   {}", current.kid(), age(made), path.display());
+            if let Some(previous) = home::kept_previous_key(&home)? {
+                let retired = previous.retired.elapsed().unwrap_or_default();
+                let state = match window.checked_sub(retired) {
+                    Some(left) => format!("still in the JWKS for {}", humantime::format_duration(round(left))),
+                    None => "no longer in the JWKS".to_string(),
+                };
+                println!(
+                    "previous  {}  retired {} ago, {state} (with the default --jwt-ttl)   {}",
+                    previous.key.kid(),
+                    age(Some(previous.retired)),
+                    home.join(home::PREVIOUS_KEY_FILE).display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn round(duration: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(duration.as_secs())
+}
+
+/// How long ago `when` was, to the second.
+fn age(when: Option<std::time::SystemTime>) -> String {
+    match when.and_then(|when| when.elapsed().ok()) {
+        Some(elapsed) => humantime::format_duration(round(elapsed)).to_string(),
+        None => "an unknown time".to_string(),
+    }
 }
 
 /// Ctrl-C or SIGTERM.

@@ -44,7 +44,7 @@ use crate::load::LoadPolicy;
 use crate::origin::{Origin, ProxyNames};
 use crate::paths::{Case, ProtectionRules};
 use crate::rewrite::OryTarget;
-use crate::token::{SigningKey, TokenContent};
+use crate::token::{PublicKey, SigningKey, TokenContent};
 
 mod schema;
 #[cfg(test)]
@@ -62,8 +62,19 @@ pub struct Config {
     /// The environment variable the key was read from; `None`: it was in the configuration.
     pub signing_key_env: Option<String>,
     pub jwks_max_age_seconds: u32,
+    /// Retired keys, published until the time beside each (Unix seconds).
+    pub previous_keys: Vec<(PublicKey, u64)>,
     /// Absent: the filter only serves the JWKS.
     pub ory: Option<OryConfig>,
+}
+
+impl Config {
+    /// The keys the JWKS publishes at `now_unix`: the current one, then retired ones whose time
+    /// is not up.
+    pub fn published_keys(&self, now_unix: u64) -> Vec<&PublicKey> {
+        let previous = self.previous_keys.iter().filter(|(_, until)| now_unix < *until).map(|(key, _)| key);
+        std::iter::once(self.signing_key.public_key()).chain(previous).collect()
+    }
 }
 
 /// Everything the session check, the `/.ory/` handling and CORS need.
@@ -208,7 +219,17 @@ impl Config {
                 None
             }
         };
-        Ok(Config { signing_key, signing_key_env, jwks_max_age_seconds: settings.jwks_max_age_seconds, ory })
+        let mut previous_keys = Vec::with_capacity(settings.previous_keys.len());
+        for (index, previous) in settings.previous_keys.iter().enumerate() {
+            let key = PublicKey::from_jwk(&previous.jwk)
+                .map_err(|reason| field_error(&format!("previous_keys[{index}].jwk"), reason))?;
+            if key.kid() == signing_key.kid() {
+                return Err(field_error(&format!("previous_keys[{index}].jwk"), "is the current signing key"));
+            }
+            previous_keys.push((key, previous.until_unix));
+        }
+        let jwks_max_age_seconds = settings.jwks_max_age_seconds;
+        Ok(Config { signing_key, signing_key_env, jwks_max_age_seconds, previous_keys, ory })
     }
 }
 

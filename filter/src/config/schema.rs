@@ -36,6 +36,10 @@ pub struct FilterConfig {
     pub signing_key_env: Option<String>,
     #[serde(skip_serializing_if = "is_default_jwks_max_age")]
     pub jwks_max_age_seconds: u32,
+    /// Keys that signed before the current one: published in the JWKS until their time is up,
+    /// so that the tokens they signed and the JWKS caches that hold them run out first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<PreviousKey>,
     /// Absent: the filter only serves the JWKS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ory: Option<OrySettings>,
@@ -74,6 +78,7 @@ impl Default for FilterConfig {
             signing_key_env: None,
             jwks_max_age_seconds: DEFAULT_JWKS_MAX_AGE_SECONDS,
             ory: None,
+            previous_keys: Vec::new(),
             public_url: None,
             proxy_names: DEFAULT_PROXY_NAMES.map(String::from).to_vec(),
             protect: Protect::default(),
@@ -182,6 +187,16 @@ impl Default for JwtSettings {
             warn_bytes: nonzero_u32(DEFAULT_JWT_WARN_BYTES),
         }
     }
+}
+
+/// A retired signing key, by its public half (nothing secret: it signs no more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousKey {
+    /// The public JWK (`kty` EC, `crv` P-256, `x`, `y`).
+    pub jwk: serde_json::Value,
+    /// Published until this time (Unix seconds), then dropped from the JWKS.
+    pub until_unix: u64,
 }
 
 /// A claim copied from the session into every token (`--jwt-claim NAME=POINTER`).
