@@ -36,6 +36,13 @@ impl SessionResult {
     }
 }
 
+/// A cache entry for an active session, and whether a JWT was signed for it just now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made {
+    pub entry: Positive,
+    pub signed: bool,
+}
+
 /// The cache entry for an active session Ory just confirmed: the previous JWT when it was signed
 /// for this very session and is still young, otherwise a fresh one (`iat = now`). With JWTs off,
 /// the entry carries no token and only records the session.
@@ -45,21 +52,22 @@ pub fn active_entry(
     session: &Session,
     previous: Option<&Positive>,
     now_ms: u64,
-) -> Result<Positive, String> {
+) -> Result<Made, String> {
     let now = now_ms / 1000;
     if !config.jwt.enabled {
-        return Ok(Positive {
+        let entry = Positive {
             session_json: session.json.clone(),
             identity_id: session.identity_id.clone(),
             jwt: String::new(),
             jwt_iat: now,
             jwt_exp: now.saturating_add(config.jwt.ttl_seconds),
-        });
+        };
+        return Ok(Made { entry, signed: false });
     }
     if let Some(jwt) = reusable_jwt(&config.cache, previous, session, now_ms)
         && let Some(previous) = previous
     {
-        return Ok(Positive { jwt: jwt.to_string(), ..previous.clone() });
+        return Ok(Made { entry: Positive { jwt: jwt.to_string(), ..previous.clone() }, signed: false });
     }
     let jti = random_jti()?;
     let jwt = &config.jwt;
@@ -69,13 +77,14 @@ pub fn active_entry(
     if let Some(advice) = size_advice(config, &jwt, &session.identity_id) {
         log::warn!("{advice}");
     }
-    Ok(Positive {
+    let entry = Positive {
         session_json: session.json.clone(),
         identity_id: session.identity_id.clone(),
         jwt,
         jwt_iat: now,
         jwt_exp: now.saturating_add(config.jwt.ttl_seconds),
-    })
+    };
+    Ok(Made { entry, signed: true })
 }
 
 /// What to say about a token too large for the headers of common servers; the request still
@@ -126,12 +135,12 @@ mod tests {
     fn a_young_jwt_for_the_same_session_is_reused() {
         let config = config(json!({ "enabled": true, "ttl_seconds": 60 }));
         let ory = config.ory.as_ref().unwrap();
-        let first = active_entry(ory, &config.signing_key, &session("a"), None, 1_000_000).unwrap();
+        let first = active_entry(ory, &config.signing_key, &session("a"), None, 1_000_000).unwrap().entry;
         assert_eq!((first.jwt_iat, first.jwt_exp), (1000, 1060));
         assert_eq!(first.jwt.split('.').count(), 3);
-        let again = active_entry(ory, &config.signing_key, &session("a"), Some(&first), 1_001_000).unwrap();
+        let again = active_entry(ory, &config.signing_key, &session("a"), Some(&first), 1_001_000).unwrap().entry;
         assert_eq!(again, first);
-        let other = active_entry(ory, &config.signing_key, &session("b"), Some(&first), 1_001_000).unwrap();
+        let other = active_entry(ory, &config.signing_key, &session("b"), Some(&first), 1_001_000).unwrap().entry;
         assert_ne!(other.jwt, first.jwt);
         assert_eq!(other.identity_id, "b");
         assert_eq!(active_result(ory, &first), SessionResult::Active { jwt: Some(first.jwt.clone()) });
@@ -141,7 +150,7 @@ mod tests {
     fn a_token_beyond_the_warning_size_comes_with_advice() {
         let small = config(json!({ "warn_bytes": 300 }));
         let ory = small.ory.as_ref().unwrap();
-        let entry = active_entry(ory, &small.signing_key, &session("a"), None, 1_000_000).unwrap();
+        let entry = active_entry(ory, &small.signing_key, &session("a"), None, 1_000_000).unwrap().entry;
         assert!(entry.jwt.len() > 300, "the token is still made: {}", entry.jwt.len());
         let advice = size_advice(ory, &entry.jwt, "a").expect("advice");
         assert!(advice.contains("identity a") && advice.contains("--jwt-session-claim minimal"), "{advice}");
@@ -153,7 +162,7 @@ mod tests {
     fn without_jwts_the_entry_only_records_the_session() {
         let config = config(json!({ "enabled": false, "ttl_seconds": 60 }));
         let ory = config.ory.as_ref().unwrap();
-        let entry = active_entry(ory, &config.signing_key, &session("a"), None, 5_000).unwrap();
+        let entry = active_entry(ory, &config.signing_key, &session("a"), None, 5_000).unwrap().entry;
         assert_eq!(entry.jwt, "");
         assert_eq!((entry.jwt_iat, entry.jwt_exp), (5, 65));
         assert_eq!(active_result(ory, &entry), SessionResult::Active { jwt: None });

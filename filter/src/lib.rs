@@ -14,6 +14,7 @@ pub mod entry;
 pub mod forwarded;
 pub mod headers;
 pub mod load;
+pub mod metrics;
 pub mod negotiate;
 pub mod origin;
 pub mod paths;
@@ -35,12 +36,13 @@ mod glue {
     //! `decide` for requests and responses, `check` and `coalesce` for the session check.
 
     use std::cell::RefCell;
+    use std::collections::HashMap;
     use std::rc::Rc;
     use std::time::UNIX_EPOCH;
 
     use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+    use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
     use crate::cache::{self, CredsHash, SharedStore, StoreError};
     use crate::check::{self, Cached};
@@ -51,6 +53,7 @@ mod glue {
     use crate::entry::SessionResult;
     use crate::headers::{self, HeaderEdit, header};
     use crate::load;
+    use crate::metrics::{self, Counter};
     use crate::origin::{Origin, proxy_origin};
     use crate::reply::LocalResponse;
     use crate::session::{Credentials, WhoamiOutcome, classify_whoami, whoami_request_headers};
@@ -63,6 +66,48 @@ mod glue {
         proxy_wasm::set_log_level(LogLevel::Info);
         proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> { Box::new(Root::new(context_id)) });
     }}
+
+    /// The filter's metrics as the host knows them (ids are the host's), and when each whoami
+    /// call still out was made.
+    #[derive(Default)]
+    struct Metrics {
+        counters: HashMap<Counter, u32>,
+        whoami_duration: Option<u32>,
+        whoami_started: RefCell<HashMap<u32, u64>>,
+    }
+
+    impl Metrics {
+        /// Defines every metric with the host (which keeps them across VMs).
+        fn define() -> Metrics {
+            let counters = Counter::ALL
+                .iter()
+                .filter_map(|&counter| {
+                    hostcalls::define_metric(MetricType::Counter, counter.name()).ok().map(|id| (counter, id))
+                })
+                .collect();
+            let whoami_duration = hostcalls::define_metric(MetricType::Histogram, metrics::WHOAMI_DURATION_MS).ok();
+            Metrics { counters, whoami_duration, whoami_started: RefCell::default() }
+        }
+
+        fn count(&self, counter: Counter) {
+            if let Some(&id) = self.counters.get(&counter) {
+                let _ = hostcalls::increment_metric(id, 1);
+            }
+        }
+
+        fn call_made(&self, token: u32, now_ms: u64) {
+            self.whoami_started.borrow_mut().insert(token, now_ms);
+        }
+
+        /// A whoami call's answer arrived: its outcome and how long it took.
+        fn call_answered(&self, token: u32, outcome: &WhoamiOutcome, now_ms: u64) {
+            self.count(metrics::whoami_outcome(outcome));
+            let started = self.whoami_started.borrow_mut().remove(&token);
+            if let (Some(started), Some(id)) = (started, self.whoami_duration) {
+                let _ = hostcalls::record_metric(id, now_ms.saturating_sub(started));
+            }
+        }
+    }
 
     /// Per-VM state shared by the root context and every request of the VM.
     #[derive(Default)]
@@ -151,11 +196,12 @@ mod glue {
         id: u32,
         config: Option<Rc<Config>>,
         vm: Rc<RefCell<VmState>>,
+        metrics: Rc<Metrics>,
     }
 
     impl Root {
         fn new(id: u32) -> Root {
-            Root { id, config: None, vm: Rc::new(RefCell::new(VmState::default())) }
+            Root { id, config: None, vm: Rc::new(RefCell::new(VmState::default())), metrics: Rc::default() }
         }
     }
 
@@ -165,7 +211,7 @@ mod glue {
             let Some(ory) = config.ory.as_ref() else { return };
             let Some(resolution) = self.vm.borrow_mut().calls.answered(Caller::Root, token_id) else { return };
             let answer = read_call_response(num_headers, body_size);
-            resolve(&config, ory, resolution, answer, self.id);
+            resolve(&config, ory, &self.metrics, token_id, resolution, answer, self.id);
         }
     }
 
@@ -188,6 +234,7 @@ mod glue {
                     log::info!("configured: {mode}; signing key id {}{source}", config.signing_key.kid());
                     if let Some(ory) = &config.ory {
                         let _ = hostcalls::set_tick_period(load::tick_period(&ory.load));
+                        self.metrics = Rc::new(Metrics::define());
                     }
                     self.config = Some(Rc::new(config));
                     true
@@ -214,19 +261,21 @@ mod glue {
             if !released.is_empty() {
                 let result = coalesce::overdue_result(&ory.load);
                 for (id, flow) in released {
-                    settle(ory, id, &flow, &result, &[]);
+                    settle(ory, &self.metrics, id, &flow, &result, &[]);
                 }
                 let _ = hostcalls::set_effective_context(self.id);
             }
-            let failed = self.vm.borrow_mut().calls.redispatch(|creds| dispatch_whoami(ory, creds));
+            let metrics = &self.metrics;
+            let failed = self.vm.borrow_mut().calls.redispatch(|creds| dispatch_whoami(ory, metrics, creds, now));
             for (resolution, why) in failed {
-                resolve(&config, ory, resolution, CallAnswer::failed(why), self.id);
+                resolve(&config, ory, metrics, 0, resolution, CallAnswer::failed(why), self.id);
             }
         }
 
         fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
             let config = self.config.clone()?;
-            Some(Box::new(Request { id: context_id, config, vm: self.vm.clone(), flow: Rc::default() }))
+            let (vm, metrics) = (self.vm.clone(), self.metrics.clone());
+            Some(Box::new(Request { id: context_id, config, vm, metrics, flow: Rc::default() }))
         }
 
         fn get_type(&self) -> Option<ContextType> {
@@ -239,6 +288,7 @@ mod glue {
         id: u32,
         config: Rc<Config>,
         vm: Rc<RefCell<VmState>>,
+        metrics: Rc<Metrics>,
         flow: Rc<RefCell<Flow>>,
     }
 
@@ -249,7 +299,7 @@ mod glue {
                 return;
             };
             let answer = read_call_response(num_headers, body_size);
-            resolve(&self.config, ory, resolution, answer, self.id);
+            resolve(&self.config, ory, &self.metrics, token_id, resolution, answer, self.id);
         }
 
         fn on_done(&mut self) -> bool {
@@ -337,6 +387,9 @@ mod glue {
                 evict(ory, hash);
             }
             let decision = decide::decide_response(ory, &context, &headers);
+            if matches!(flow.path, Path::Ory { .. }) && (decision.rewrite_body || decision.headers != headers) {
+                self.metrics.count(Counter::OryResponsesRewritten);
+            }
             apply_edits(MapType::HttpResponseHeaders, &headers, &decision.headers);
             if decision.rewrite_body
                 && let Path::Ory { body, .. } = &mut flow.path
@@ -387,11 +440,25 @@ mod glue {
             let hash = CredsHash::of(&creds);
             let now = now_ms();
             let previous = match check::cached(ory, &self.config.signing_key, &HostStore, &hash, now) {
-                Cached::Known(result) => return self.finish(ory, &result),
+                Cached::Known(result) => {
+                    self.metrics.count(Counter::SessionCacheHits);
+                    return self.finish(ory, &result);
+                }
+                Cached::Resigned(result) => {
+                    self.metrics.count(Counter::SessionCacheHits);
+                    self.metrics.count(Counter::TokensSigned);
+                    return self.finish(ory, &result);
+                }
                 Cached::Ask { previous } => previous,
             };
+            self.metrics.count(Counter::SessionCacheMisses);
             let question = Question { request: self.id, hash, creds, previous, protected, resume: self.flow.clone() };
-            let asked = self.vm.borrow_mut().calls.ask(&ory.load, question, now, |creds| dispatch_whoami(ory, creds));
+            let metrics = &self.metrics;
+            let asked = self
+                .vm
+                .borrow_mut()
+                .calls
+                .ask(&ory.load, question, now, |creds| dispatch_whoami(ory, metrics, creds, now));
             match asked {
                 Ask::Joined | Ask::Called => Action::Pause,
                 Ask::Busy(why) => {
@@ -401,6 +468,7 @@ mod glue {
                     self.finish(ory, &SessionResult::Unavailable(why))
                 }
                 Ask::Failed(why) => {
+                    self.metrics.count(Counter::WhoamiFailed);
                     log::warn!("{why}");
                     self.finish(ory, &SessionResult::Unavailable(why))
                 }
@@ -409,7 +477,9 @@ mod glue {
 
         /// Carries out the session decision for this request, inside its own callback.
         fn finish(&mut self, ory: &OryConfig, result: &SessionResult) -> Action {
-            let Some(action) = conclude(ory, &mut self.flow.borrow_mut(), result, &[]) else { return Action::Continue };
+            let Some(action) = conclude(ory, &self.metrics, &mut self.flow.borrow_mut(), result, &[]) else {
+                return Action::Continue;
+            };
             match action {
                 SessionAction::Continue { authorization } => {
                     if let Some(value) = authorization {
@@ -455,26 +525,40 @@ mod glue {
     fn resolve(
         config: &Config,
         ory: &OryConfig,
+        metrics: &Metrics,
+        token: u32,
         resolution: Resolution<Rc<RefCell<Flow>>>,
         answer: CallAnswer,
         current: u32,
     ) {
         let previous = resolution.previous.as_ref();
-        let result =
-            check::answered(ory, &config.signing_key, &HostStore, &resolution.hash, answer.outcome, previous, now_ms());
+        let now = now_ms();
+        metrics.call_answered(token, &answer.outcome, now);
+        let answered =
+            check::answered(ory, &config.signing_key, &HostStore, &resolution.hash, answer.outcome, previous, now);
+        if answered.signed {
+            metrics.count(Counter::TokensSigned);
+        }
         for (id, flow) in resolution.resumed {
-            settle(ory, id, &flow, &result, &answer.set_cookies);
+            settle(ory, metrics, id, &flow, &answered.result, &answer.set_cookies);
         }
         let _ = hostcalls::set_effective_context(current);
     }
 
     /// Resumes (or answers) the paused request `id` with its session result, from whichever
     /// context the host is running: the caller restores the effective context afterwards.
-    fn settle(ory: &OryConfig, id: u32, flow: &Rc<RefCell<Flow>>, result: &SessionResult, set_cookies: &[String]) {
+    fn settle(
+        ory: &OryConfig,
+        metrics: &Metrics,
+        id: u32,
+        flow: &Rc<RefCell<Flow>>,
+        result: &SessionResult,
+        set_cookies: &[String],
+    ) {
         if hostcalls::set_effective_context(id).is_err() {
             return;
         }
-        let Some(action) = conclude(ory, &mut flow.borrow_mut(), result, set_cookies) else { return };
+        let Some(action) = conclude(ory, metrics, &mut flow.borrow_mut(), result, set_cookies) else { return };
         match action {
             SessionAction::Continue { authorization } => {
                 if let Some(value) = authorization {
@@ -494,6 +578,7 @@ mod glue {
     /// request is not checking a session.
     fn conclude(
         ory: &OryConfig,
+        metrics: &Metrics,
         flow: &mut Flow,
         result: &SessionResult,
         set_cookies: &[String],
@@ -512,6 +597,7 @@ mod glue {
             log::warn!("session check failed, continuing without a JWT: {why}");
         }
         let action = decide::session_action(ory, &request, result);
+        metrics.count(metrics::request_outcome(result, &action));
         let refresh_cookies = set_cookies.to_vec();
         flow.path = match action {
             SessionAction::Continue { .. } => Path::App { seen, refresh_cookies },
@@ -520,11 +606,13 @@ mod glue {
         Some(action)
     }
 
-    fn dispatch_whoami(ory: &OryConfig, creds: &Credentials) -> Result<u32, String> {
+    fn dispatch_whoami(ory: &OryConfig, metrics: &Metrics, creds: &Credentials, now_ms: u64) -> Result<u32, String> {
         let headers = whoami_request_headers(&ory.target.authority(), ory.target.base_path(), creds);
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        hostcalls::dispatch_http_call(&ory.cluster, headers, None, vec![], ory.whoami_timeout)
-            .map_err(|status| format!("the whoami call to cluster {:?} could not be made: {status:?}", ory.cluster))
+        let token = hostcalls::dispatch_http_call(&ory.cluster, headers, None, vec![], ory.whoami_timeout)
+            .map_err(|status| format!("the whoami call to cluster {:?} could not be made: {status:?}", ory.cluster))?;
+        metrics.call_made(token, now_ms);
+        Ok(token)
     }
 
     fn evict(ory: &OryConfig, hash: &CredsHash) {

@@ -40,7 +40,30 @@ struct Metric {
     name: String,
     kind: MetricType,
     value: u64,
+    /// Histograms: how many values, their sum, and how many fell at or below each bound.
     samples: u64,
+    sum: u64,
+    buckets: Vec<u64>,
+}
+
+/// Envoy's default histogram bucket bounds, so that both hosts report the same buckets.
+pub const HISTOGRAM_BOUNDS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+/// A metric as it stands, for exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSnapshot {
+    pub name: String,
+    pub kind: MetricType,
+    /// A counter's or gauge's value; a histogram's last value.
+    pub value: u64,
+    /// Histograms: the count of values at or below each of [`HISTOGRAM_BOUNDS`] (cumulative),
+    /// how many values there were, and their sum.
+    pub buckets: Vec<u64>,
+    pub count: u64,
+    pub sum: u64,
 }
 
 #[derive(Debug)]
@@ -182,7 +205,8 @@ impl HostEnv {
         if let Some(index) = state.metrics.iter().position(|m| m.name == name && m.kind == kind) {
             return index as u32 + 1;
         }
-        state.metrics.push(Metric { name: name.to_string(), kind, value: 0, samples: 0 });
+        let buckets = if kind == MetricType::Histogram { vec![0; HISTOGRAM_BOUNDS.len()] } else { Vec::new() };
+        state.metrics.push(Metric { name: name.to_string(), kind, value: 0, samples: 0, sum: 0, buckets });
         state.metrics.len() as u32
     }
 
@@ -210,12 +234,32 @@ impl HostEnv {
             MetricType::Histogram => {
                 m.value = value;
                 m.samples += 1;
+                m.sum = m.sum.saturating_add(value);
+                for (count, bound) in m.buckets.iter_mut().zip(HISTOGRAM_BOUNDS) {
+                    if value as f64 <= bound {
+                        *count += 1;
+                    }
+                }
             }
         })
     }
 
     pub fn get_metric(&self, id: u32) -> Option<u64> {
         self.with_metric(id, |m| m.value)
+    }
+
+    /// Every metric the filter defined, in the order it defined them.
+    pub fn metrics(&self) -> Vec<MetricSnapshot> {
+        let state = self.state();
+        let snapshot = |m: &Metric| MetricSnapshot {
+            name: m.name.clone(),
+            kind: m.kind,
+            value: m.value,
+            buckets: m.buckets.clone(),
+            count: m.samples,
+            sum: m.sum,
+        };
+        state.metrics.iter().map(snapshot).collect()
     }
 
     /// A metric's value by name, for tests and diagnostics.

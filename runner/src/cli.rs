@@ -324,6 +324,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub concurrency: Option<NonZeroU32>,
 
+    /// Serve metrics (Prometheus text at /metrics) and health (/healthz, /readyz) on this
+    /// address, e.g. 127.0.0.1:9901. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Serve plain HTTP only (by default the port answers HTTPS and HTTP alike).
     #[arg(long)]
     pub no_https: bool,

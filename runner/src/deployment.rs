@@ -95,6 +95,8 @@ pub struct Deployment {
     pub limits: Limits,
     /// Worker threads (one per core when `None`).
     pub workers: Option<usize>,
+    /// Where metrics and health are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     /// The ES256 key as PEM (or a private JWK).
     pub signing_key: String,
     /// The key that signed before it, still published for a while.
@@ -137,6 +139,7 @@ impl Deployment {
             upstream_ca_file: None,
             limits: Limits::default(),
             workers: None,
+            metrics_addr: None,
             signing_key,
             previous_key: None,
             inline_signing_key: false,
@@ -211,6 +214,7 @@ pub fn resolve_with(args: &LocalArgs, ory_url: Option<Url>) -> anyhow::Result<De
         upstream_ca_file: args.serve.upstream_ca_file.clone(),
         limits: args.serve.limits(),
         workers: args.serve.workers(),
+        metrics_addr: args.serve.metrics_addr,
         signing_key,
         previous_key,
         inline_signing_key: false,
@@ -316,6 +320,8 @@ pub fn resolve_run(args: &RunArgs) -> anyhow::Result<Plan> {
         upstream_ca_file: args.serve.upstream_ca_file.clone(),
         limits: args.serve.limits(),
         workers: args.serve.workers(),
+        metrics_addr: args.serve.metrics_addr,
+        ready_clusters: Vec::new(),
         plugin,
     })
 }
@@ -379,6 +385,10 @@ pub struct Plan {
     /// Worker threads, each with a VM of the plugin (a service has one); one per core when
     /// `None`.
     pub workers: Option<usize>,
+    /// Where metrics and health are served (`--metrics-addr`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Clusters that must accept connections for the proxy to be ready (`/readyz`).
+    pub ready_clusters: Vec<String>,
     pub plugin: PluginPlan,
 }
 
@@ -546,6 +556,9 @@ impl Deployment {
             upstream_ca_file: self.upstream_ca_file.clone(),
             limits: self.limits,
             workers: self.workers,
+            metrics_addr: self.metrics_addr,
+            // Ready once Ory can be reached (the app may start later: requests to it get 503).
+            ready_clusters: self.ory_url.iter().map(|_| ORY_CLUSTER.to_string()).collect(),
             plugin: PluginPlan::ory(filter, vm_environment),
         })
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::deployment::{Placement, Plan};
-use crate::proxy::{Clusters, FilterPool, Limits, PoolOptions, Proxy, ServeOptions};
+use crate::proxy::{Clusters, FilterPool, Limits, ObserveOptions, PoolOptions, Proxy, ServeOptions};
 use proxy_wasm_host::{HostEnv, Plugin, PluginSpec};
 
 /// The filter built with this binary.
@@ -56,7 +56,11 @@ pub async fn start_with_tls(plan: &Plan, wasm: &[u8], tls: Option<Arc<rustls::Se
     let options = PoolOptions { workers: plan.workers.unwrap_or(defaults.workers), ..defaults };
     let pool = FilterPool::start(plugin, clusters, options).context("starting the filter")?;
     let limits = Limits { max_connections: fit_descriptor_limit(plan.limits.max_connections), ..plan.limits };
-    let options = ServeOptions { listen: plan.listen, limits, tls, ..ServeOptions::default() };
+    let observe = plan.metrics_addr.map(|listen| ObserveOptions {
+        listen,
+        ready_clusters: plan.clusters.iter().filter(|c| plan.ready_clusters.contains(&c.name)).cloned().collect(),
+    });
+    let options = ServeOptions { listen: plan.listen, limits, tls, observe, ..ServeOptions::default() };
     Proxy::bind(pool, plan.routes.clone(), options).await
 }
 

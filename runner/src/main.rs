@@ -93,6 +93,9 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         println!("  Protected paths    {}", rules.join(", "));
     }
     println!("  JWT public keys    {public}/.ory/jwks.json");
+    if let Some(metrics) = proxy.metrics_addr() {
+        println!("  Metrics            http://{metrics}/metrics (health: /healthz, /readyz)");
+    }
     for (cluster, why) in local::unreachable_clusters(&plan).await {
         println!("  warning            {cluster} cannot be reached yet ({why}); requests to it get 503 until it can");
     }
@@ -126,6 +129,9 @@ async fn run_filter(args: RunArgs) -> anyhow::Result<()> {
     let public = plan.public_url.as_str().trim_end_matches('/');
     println!("{name} is running at {public}/");
     announce_certificate(ca.as_ref(), &args.serve)?;
+    if let Some(metrics) = proxy.metrics_addr() {
+        println!("  metrics http://{metrics}/metrics (health: /healthz, /readyz)");
+    }
     for cluster in &plan.clusters {
         println!("  cluster {:<16} {}", cluster.name, cluster.url.as_str().trim_end_matches('/'));
     }

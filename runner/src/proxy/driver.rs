@@ -159,6 +159,7 @@ pub async fn drive(
     connection: Connection,
     respond: oneshot::Sender<Response<Body>>,
 ) {
+    shared.worker.stats().request();
     if let Some(refusal) = refused_at_the_edge(&request) {
         let _ = respond.send(refusal);
         return;
@@ -424,6 +425,7 @@ impl Driver {
             Err(error) => {
                 let (status, message) = error.client_answer();
                 tracing::warn!(%error, "upstream failed");
+                self.shared.worker.stats().upstream_error();
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 self.upstream_failed(status, &message).await;
             }

@@ -9,13 +9,17 @@
 mod client;
 mod driver;
 mod edge;
+mod observe;
 mod pool;
 mod server;
+mod stats;
 mod watch;
 
 pub use client::{Clusters, UpstreamError};
+pub use observe::{ObserveOptions, prometheus_text};
 pub use pool::{FilterPool, PoolOptions};
 pub use server::{Proxy, ProxyHandle, ServeOptions};
+pub use stats::{RunnerStats, Stat};
 
 use std::time::Duration;
 

@@ -16,6 +16,7 @@ use futures_util::future::LocalBoxFuture;
 use tokio::sync::{mpsc, watch};
 
 use super::client::Clusters;
+use super::stats::RunnerStats;
 use proxy_wasm_host::{Effect, Exchange, Plugin, Step, StreamInfo, Vm, VmError};
 
 /// How many VMs, and how much a paused filter may make the host buffer.
@@ -67,6 +68,7 @@ struct Common {
     plugin: Plugin,
     clusters: Clusters,
     max_buffer: usize,
+    stats: Arc<RunnerStats>,
     /// Weak, so that the workers stop once the [`FilterPool`] holding the strong ends is gone.
     workers: Vec<mpsc::WeakUnboundedSender<Command>>,
 }
@@ -77,6 +79,8 @@ struct Common {
 pub struct FilterPool {
     workers: Vec<mpsc::UnboundedSender<Command>>,
     next: AtomicUsize,
+    stats: Arc<RunnerStats>,
+    plugin: Plugin,
 }
 
 impl FilterPool {
@@ -92,10 +96,12 @@ impl FilterPool {
             started.push((vm, effects, runtime));
         }
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let stats = Arc::new(RunnerStats::default());
         let common = Arc::new(Common {
-            plugin,
+            plugin: plugin.clone(),
             clusters,
             max_buffer: options.max_buffer,
+            stats: stats.clone(),
             workers: senders.iter().map(mpsc::UnboundedSender::downgrade).collect(),
         });
         for (number, ((vm, effects, runtime), commands)) in started.into_iter().zip(receivers).enumerate() {
@@ -104,7 +110,17 @@ impl FilterPool {
                 .name(format!("ory-proxy-worker-{number}"))
                 .spawn(move || Worker::serve(number, vm, effects, common, runtime, commands))?;
         }
-        Ok(Arc::new(FilterPool { workers: senders, next: AtomicUsize::new(0) }))
+        Ok(Arc::new(FilterPool { workers: senders, next: AtomicUsize::new(0), stats, plugin }))
+    }
+
+    /// The counts of the proxy this pool serves.
+    pub fn stats(&self) -> &Arc<RunnerStats> {
+        &self.stats
+    }
+
+    /// The plugin its VMs run (its metrics are in the plugin's host environment).
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
     }
 
     /// Runs `job` on the next worker, round robin. `false`: no worker could take it.
@@ -184,6 +200,10 @@ impl Worker {
         &self.clusters
     }
 
+    pub fn stats(&self) -> &RunnerStats {
+        &self.common.stats
+    }
+
     /// Opens an exchange on this worker's VM.
     pub fn open(self: &Rc<Self>, info: StreamInfo) -> Result<(Lease, Exchange), FilterFailure> {
         let mut state = self.state.borrow_mut();
@@ -254,6 +274,7 @@ impl Worker {
             return;
         }
         tracing::error!(vm = self.number, "{error}; starting a fresh filter VM");
+        self.common.stats.vm_restart();
         match self.common.plugin.start_vm(self.number) {
             Ok(mut vm) => {
                 let effects = vm.take_effects();

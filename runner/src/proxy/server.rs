@@ -19,7 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use super::driver::{self, Connection, Shared};
+use super::observe::{ObserveOptions, Observer};
 use super::pool::{FilterPool, Worker};
+use super::stats::ActiveConnection;
 use super::watch::{Activity, Expired, Watched};
 use super::{Limits, Route};
 
@@ -33,6 +35,8 @@ pub struct ServeOptions {
     /// Serve HTTPS (beside plain HTTP, on the same port) with this configuration; `None` serves
     /// plain HTTP only.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Serve metrics and health on an address of their own (`--metrics-addr`).
+    pub observe: Option<ObserveOptions>,
     /// How long a new connection may take to send its first byte and finish a TLS handshake.
     /// Browsers open connections ahead of need and may leave them silent for a while, so this is
     /// generous; it only keeps a silent client from holding a task forever.
@@ -46,6 +50,7 @@ impl Default for ServeOptions {
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(10),
             tls: None,
+            observe: None,
             handshake_timeout: Duration::from_secs(30),
         }
     }
@@ -62,11 +67,14 @@ pub struct Proxy {
     limits: Limits,
     /// One permit per client connection, `limits.max_connections` in all.
     connections: Arc<Semaphore>,
+    observer: Option<Observer>,
 }
 
 /// A proxy serving in the background (for tests and embedding).
 pub struct ProxyHandle {
     pub addr: SocketAddr,
+    /// Where metrics and health are served, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -94,6 +102,10 @@ impl Proxy {
             _ => anyhow::anyhow!("cannot listen on {}: {error}", options.listen),
         })?;
         let limits = options.limits;
+        let observer = match &options.observe {
+            Some(observe) => Some(Observer::bind(observe, pool.plugin().env().clone(), pool.stats().clone()).await?),
+            None => None,
+        };
         Ok(Proxy {
             listener,
             pool,
@@ -103,11 +115,17 @@ impl Proxy {
             handshake_timeout: options.handshake_timeout,
             limits,
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            observer,
         })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// Where metrics and health are served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.observer.as_ref().and_then(|observer| observer.local_addr().ok())
     }
 
     /// Whether this proxy answers TLS connections.
@@ -118,16 +136,21 @@ impl Proxy {
     /// Serves in the background until [`ProxyHandle::shutdown`].
     pub fn spawn(self) -> anyhow::Result<ProxyHandle> {
         let addr = self.local_addr()?;
+        let metrics_addr = self.metrics_addr();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(self.serve(async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
-        Ok(ProxyHandle { addr, stop, task })
+        Ok(ProxyHandle { addr, metrics_addr, stop, task })
     }
 
     /// Serves until `shutdown` completes, then stops accepting and drains requests in flight.
-    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let connections = TaskTracker::new();
+        let (stop_observing, observing) = watch::channel(false);
+        if let Some(observer) = self.observer.take() {
+            tokio::spawn(observer.serve(observing));
+        }
         let mut builder = auto::Builder::new(LocalExecutor);
         // hyper answers 431 when a request head does not fit its read buffer.
         builder.http1().max_buf_size(self.limits.max_request_headers_bytes.max(8192));
@@ -176,12 +199,14 @@ impl Proxy {
                 stopped: stopped.clone(),
                 _permit: permit,
                 _tracked: connections.token(),
+                _counted: self.pool.stats().connection(),
             };
             if !self.pool.dispatch(Box::new(move |worker| Box::pin(accepted.serve(worker)))) {
                 tracing::error!(%peer, "no filter worker is running: connection closed");
             }
         }
         let _ = stopping.send(true);
+        let _ = stop_observing.send(true);
         drop(self.listener);
         connections.close();
         if tokio::time::timeout(self.drain_timeout, connections.wait()).await.is_err() {
@@ -261,6 +286,8 @@ struct Accepted {
     _permit: OwnedSemaphorePermit,
     /// Shutdown waits for the connections still holding one.
     _tracked: TaskTrackerToken,
+    /// Counted as active while served.
+    _counted: ActiveConnection,
 }
 
 enum Stream {
@@ -270,8 +297,19 @@ enum Stream {
 
 impl Accepted {
     async fn serve(self, worker: Rc<Worker>) {
-        let Accepted { stream, peer, routes, builder, tls, handshake_timeout, limits, mut stopped, _permit, _tracked } =
-            self;
+        let Accepted {
+            stream,
+            peer,
+            routes,
+            builder,
+            tls,
+            handshake_timeout,
+            limits,
+            mut stopped,
+            _permit,
+            _tracked,
+            _counted,
+        } = self;
         let stream = match TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(error) => {

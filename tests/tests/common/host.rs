@@ -109,6 +109,8 @@ impl Proxy {
             Host::Runner => {
                 let mut plan = plan.clone();
                 plan.plugin.environment = environment.to_vec();
+                // Metrics and health on a port of their own, as `--metrics-addr` asks.
+                plan.metrics_addr.get_or_insert(SocketAddr::from(([127, 0, 0, 1], 0)));
                 let handle = local::start(&plan, &filter.bytes()).await?.spawn()?;
                 Ok(Proxy { host, addr: handle.addr, running: Running::Runner(handle) })
             }
@@ -149,6 +151,38 @@ impl Proxy {
         match &self.running {
             Running::Runner(_) => ory_proxy::proxy::PoolOptions::default().workers,
             Running::Envoy(envoy) => envoy.concurrency as usize,
+        }
+    }
+
+    /// The metrics in the Prometheus text format: the runner's `/metrics` (`--metrics-addr`), or
+    /// Envoy's admin `/stats/prometheus`.
+    pub async fn metrics_text(&self) -> String {
+        match &self.running {
+            Running::Runner(handle) => {
+                let addr = handle.metrics_addr.expect("the runner serves metrics in the tests");
+                let answer = ory_proxy_tests::http::HttpClient::new().get(&format!("http://{addr}/metrics"), &[]).await;
+                answer.expect("the runner's /metrics answers").text()
+            }
+            Running::Envoy(envoy) => envoy.admin_get("/stats/prometheus").await.expect("Envoy's admin answers"),
+        }
+    }
+
+    /// One sample of the metrics: `name` as written in the text format (e.g.
+    /// `x_bucket{le="+Inf"}`; Envoy writes `x{}` where the runner writes `x`), or `None`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics_text().await;
+        text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+            let (sample, value) = line.rsplit_once(' ')?;
+            let bare = sample.strip_suffix("{}").unwrap_or(sample);
+            (bare == name).then(|| value.parse().ok()).flatten()
+        })
+    }
+
+    /// The runner's metrics address, when that is the host.
+    pub fn runner_metrics_addr(&self) -> Option<SocketAddr> {
+        match &self.running {
+            Running::Runner(handle) => handle.metrics_addr,
+            Running::Envoy(_) => None,
         }
     }
 
