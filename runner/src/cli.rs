@@ -85,6 +85,24 @@ pub enum Command {
     /// The JWT signing keys kept in $ORY_PROXY_HOME.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Check what `ory-proxy local` needs: the local CA and its trust stores, the signing key, the
+    /// port, Ory and the clock. One line each, with what to do; exits non-zero when something
+    /// must be fixed.
+    Doctor(DoctorArgs),
+}
+
+/// `ory-proxy doctor`: the flags of `local` that say where things are.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+
+    #[command(flatten)]
+    pub ory: OryArgs,
+
+    /// The signing key to check instead of the one kept in $ORY_PROXY_HOME.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,29 +182,8 @@ pub struct LocalArgs {
     #[arg(long, value_name = "URL", value_parser = public_url)]
     pub public_url: Option<Url>,
 
-    /// Your Ory (Network or self-hosted Kratos) public URL. ORY_KRATOS_URL is read too.
-    #[arg(long, env = "ORY_SDK_URL", value_parser = http_url_or_empty)]
-    pub sdk_url: Option<UrlOrEmpty>,
-
-    /// The older name of ORY_SDK_URL, read as the original `ory proxy` did.
-    #[arg(long, env = "ORY_KRATOS_URL", value_parser = http_url_or_empty, hide = true)]
-    pub kratos_url: Option<UrlOrEmpty>,
-
-    /// An Ory access token: the console is asked which project it belongs to.
-    #[arg(long, env = "ORY_ACCESS_TOKEN", hide = true, hide_env_values = true)]
-    pub access_token: Option<String>,
-
-    /// Your Ory Network project slug; the project URL is https://<slug>.projects.<api endpoint>.
-    #[arg(long, env = "ORY_PROJECT_SLUG")]
-    pub project: Option<String>,
-
-    /// The Ory API endpoint that project URLs are made from.
-    #[arg(long, env = "ORY_API_ENDPOINT", default_value = "https://oryapis.com", value_parser = http_url)]
-    pub api_endpoint: Url,
-
-    /// The Ory console API, asked for the project of ORY_ACCESS_TOKEN.
-    #[arg(long, env = "ORY_CONSOLE_URL", default_value = "https://api.console.ory.sh", value_parser = http_url)]
-    pub console_url: Url,
+    #[command(flatten)]
+    pub ory: OryArgs,
 
     /// Require a session for paths starting with this string (a plain string prefix: /members
     /// also covers /membership). Case-sensitive, as in `ory proxy`: /members does not cover
@@ -306,10 +303,37 @@ pub struct LocalArgs {
     pub serve: ServeArgs,
 }
 
-/// Where and how the proxy listens, and the limits on clients and upstreams: the same for
-/// `local` and `run`.
+/// Where Ory is: exactly one of these says (for `local`, `envoy-config` and `doctor`).
 #[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
+pub struct OryArgs {
+    /// Your Ory (Network or self-hosted Kratos) public URL. ORY_KRATOS_URL is read too.
+    #[arg(long, env = "ORY_SDK_URL", value_parser = http_url_or_empty)]
+    pub sdk_url: Option<UrlOrEmpty>,
+
+    /// The older name of ORY_SDK_URL, read as the original `ory proxy` did.
+    #[arg(long, env = "ORY_KRATOS_URL", value_parser = http_url_or_empty, hide = true)]
+    pub kratos_url: Option<UrlOrEmpty>,
+
+    /// An Ory access token: the console is asked which project it belongs to.
+    #[arg(long, env = "ORY_ACCESS_TOKEN", hide = true, hide_env_values = true)]
+    pub access_token: Option<String>,
+
+    /// Your Ory Network project slug; the project URL is https://<slug>.projects.<api endpoint>.
+    #[arg(long, env = "ORY_PROJECT_SLUG")]
+    pub project: Option<String>,
+
+    /// The Ory API endpoint that project URLs are made from.
+    #[arg(long, env = "ORY_API_ENDPOINT", default_value = "https://oryapis.com", value_parser = http_url)]
+    pub api_endpoint: Url,
+
+    /// The Ory console API, asked for the project of ORY_ACCESS_TOKEN.
+    #[arg(long, env = "ORY_CONSOLE_URL", default_value = "https://api.console.ory.sh", value_parser = http_url)]
+    pub console_url: Url,
+}
+
+/// Where the proxy listens.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
     /// The port to listen on.
     #[arg(long, env = "PORT", default_value_t = 4000)]
     pub port: u16,
@@ -318,6 +342,14 @@ pub struct ServeArgs {
     /// other machines.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+}
+
+/// Where and how the proxy listens, and the limits on clients and upstreams: the same for
+/// `local` and `run`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub listen: ListenArgs,
 
     /// Worker threads, each serving its connections with a filter VM of its own (Envoy's
     /// --concurrency). Default: one per CPU core.
@@ -635,12 +667,12 @@ mod tests {
     #[test]
     fn local_defaults_follow_the_seed() {
         let Command::Local(args) = parse(&["local", "http://localhost:3000"]).unwrap().command else { unreachable!() };
-        assert_eq!(args.serve.host, "127.0.0.1");
+        assert_eq!(args.serve.listen.host, "127.0.0.1");
         assert_eq!(Duration::from(args.jwt_ttl), Duration::from_secs(60));
         assert_eq!(args.serve.limits(), Limits::default());
         assert!(args.protect_path_prefix.is_empty());
         // PORT may be set in the environment of whoever runs the tests; only check it parsed.
-        let _ = args.serve.port;
+        let _ = args.serve.listen.port;
     }
 
     #[test]
@@ -780,7 +812,11 @@ mod tests {
         let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
         let deployment = resolve_with(&args, None).unwrap();
         assert_eq!(deployment.public_url.as_str(), "https://app.example.com/");
-        assert_eq!(deployment.listen.to_string(), format!("127.0.0.1:{}", args.serve.port), "still listening locally");
+        assert_eq!(
+            deployment.listen.to_string(),
+            format!("127.0.0.1:{}", args.serve.listen.port),
+            "still listening locally"
+        );
         for bad in ["https://app.example.com/app", "app.example.com", "https://app.example.com/?x=1"] {
             let error = parse(&[&base[..], &["--public-url", bad]].concat()).unwrap_err().to_string();
             assert!(error.contains("--public-url"), "{bad}: {error}");
@@ -805,7 +841,7 @@ mod tests {
         let args = ["local", "http://localhost:3000", "--sdk-url", "http://127.0.0.1:4433", "--jwt-key", &current];
         let two = [&args[..], &["--jwt-key", &previous]].concat();
         let Command::Local(parsed) = parse(&two).unwrap().command else { unreachable!() };
-        let deployment = resolve_with(&parsed, UrlOrEmpty::url(&parsed.sdk_url)).unwrap();
+        let deployment = resolve_with(&parsed, UrlOrEmpty::url(&parsed.ory.sdk_url)).unwrap();
         let retired = deployment.previous_key.as_ref().expect("the second key is the previous one");
         let written: serde_json::Value =
             serde_json::from_str(&deployment.plan().unwrap().filter_configuration()).unwrap();
@@ -828,7 +864,7 @@ mod tests {
         let Command::Local(args) = parse(&["local", "http://x", "--sdk-url", ""]).unwrap().command else {
             unreachable!()
         };
-        assert_eq!(UrlOrEmpty::url(&args.sdk_url), None, "empty is not set");
+        assert_eq!(UrlOrEmpty::url(&args.ory.sdk_url), None, "empty is not set");
         let error = parse(&["local", "http://x", "--sdk-url", "not a url"]).unwrap_err().to_string();
         assert!(error.contains("--sdk-url") && error.contains("not a URL"), "{error}");
     }

@@ -24,7 +24,7 @@ use ory_proxy_filter::rewrite::ORY_PREFIX;
 pub use ory_proxy_filter::token::SigningKey;
 use url::Url;
 
-use crate::cli::{EnvoyArgs, LocalArgs, RunArgs, ServeArgs, TextOrFile, UrlOrEmpty};
+use crate::cli::{EnvoyArgs, LocalArgs, OryArgs, RunArgs, ServeArgs, TextOrFile, UrlOrEmpty};
 use crate::proxy::{Cluster, Limits, Route};
 use crate::{home, ory_url};
 
@@ -152,7 +152,7 @@ impl Deployment {
 
 /// Finds Ory from exactly one of `--sdk-url`/`ORY_SDK_URL`/`ORY_KRATOS_URL`,
 /// `--project`/`ORY_PROJECT_SLUG` and `ORY_ACCESS_TOKEN` (asking the console for the last).
-pub async fn find_ory(args: &LocalArgs) -> anyhow::Result<Url> {
+pub async fn find_ory(args: &OryArgs) -> anyhow::Result<Url> {
     let sdk_url = UrlOrEmpty::url(&args.sdk_url).or_else(|| UrlOrEmpty::url(&args.kratos_url));
     let source = ory_url::choose(sdk_url, args.project.clone(), args.access_token.clone())?;
     ory_url::resolve(&source, &args.api_endpoint, &args.console_url).await
@@ -160,7 +160,7 @@ pub async fn find_ory(args: &LocalArgs) -> anyhow::Result<Url> {
 
 /// Finds Ory, resolves `--host` and reads the signing key: the deployment the flags ask for.
 pub async fn resolve(args: &LocalArgs) -> anyhow::Result<Deployment> {
-    let ory_url = find_ory(args).await?;
+    let ory_url = find_ory(&args.ory).await?;
     resolve_with(args, Some(ory_url))
 }
 
@@ -347,15 +347,15 @@ pub fn signing_key_file(args: &LocalArgs) -> anyhow::Result<PathBuf> {
 
 /// Where to listen, and the URL browsers use for it.
 fn listen_and_public_url(serve: &ServeArgs) -> anyhow::Result<(SocketAddr, Url)> {
-    let listen = listen_address(&serve.host, serve.port)?;
+    let listen = listen_address(&serve.listen.host, serve.listen.port)?;
     let public_host = if listen.ip().is_loopback() || listen.ip().is_unspecified() {
         "localhost".to_string()
     } else {
-        serve.host.clone()
+        serve.listen.host.clone()
     };
     let scheme = if serve.no_https { "http" } else { "https" };
-    let public_url = Url::parse(&format!("{scheme}://{public_host}:{}", serve.port))
-        .with_context(|| format!("--host: `{}` cannot be a URL's host", serve.host))?;
+    let public_url = Url::parse(&format!("{scheme}://{public_host}:{}", serve.listen.port))
+        .with_context(|| format!("--host: `{}` cannot be a URL's host", serve.listen.host))?;
     Ok((listen, public_url))
 }
 

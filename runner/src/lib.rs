@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod deployment;
+pub mod doctor;
 pub mod envoy;
 pub mod home;
 pub mod local;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use ory_proxy::cli::{CertCommand, Cli, Command, EnvoyArgs, KeyCommand, LocalArgs, RunArgs, ServeArgs};
+use ory_proxy::cli::{CertCommand, Cli, Command, DoctorArgs, EnvoyArgs, KeyCommand, LocalArgs, RunArgs, ServeArgs};
 use ory_proxy::deployment::{self, Placement, Plan, signing_key_file};
 use ory_proxy::{home, local, tls, trust};
 use tracing_subscriber::EnvFilter;
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::EnvoyConfig(args) => runtime.block_on(envoy_config(&args)),
         Command::Cert(command) => run_cert(command),
         Command::Key(command) => run_key(command),
+        Command::Doctor(args) => runtime.block_on(doctor(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -232,6 +233,19 @@ fn run_cert(command: CertCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn doctor(args: &DoctorArgs) -> anyhow::Result<()> {
+    let findings = ory_proxy::doctor::examine(args).await;
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let failed = findings.iter().filter(|finding| finding.verdict == ory_proxy::doctor::Verdict::Fail).count();
+    match failed {
+        0 => Ok(()),
+        1 => anyhow::bail!("1 thing to fix"),
+        n => anyhow::bail!("{n} things to fix"),
+    }
 }
 
 fn run_key(command: KeyCommand) -> anyhow::Result<()> {

@@ -70,27 +70,41 @@ pub fn project_url(slug: &str, api_endpoint: &Url) -> anyhow::Result<Url> {
     Url::parse(&format!("{}://{slug}.projects.{host}{port}", api_endpoint.scheme())).context("building the project URL")
 }
 
-/// Asks the console which project an access token belongs to (`GET /backoffice/token/slug`).
-pub async fn slug_for_token(console_url: &Url, token: &str) -> anyhow::Result<String> {
-    let endpoint = console_url.join("/backoffice/token/slug").context("--console-url")?;
+/// A GET with these headers, over HTTPS (public roots) or HTTP, answered within `timeout`: the
+/// response head and the whole body.
+pub async fn get(
+    url: &Url,
+    headers: &[(http::HeaderName, String)],
+    timeout: Duration,
+) -> anyhow::Result<(http::response::Parts, Bytes)> {
     let connector =
         hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1().build();
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-    let request = http::Request::get(endpoint.as_str())
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::new())
-        .context("building the console request")?;
+    let mut request = http::Request::get(url.as_str());
+    for (name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request.body(Empty::new()).with_context(|| format!("building a request for {url}"))?;
     let answer = async {
         let response = client.request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, body))
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        anyhow::Ok((parts, body))
     };
-    let (status, body) = tokio::time::timeout(Duration::from_secs(15), answer)
+    tokio::time::timeout(timeout, answer).await.with_context(|| format!("{url} did not answer within {timeout:?}"))?
+}
+
+/// Asks the console which project an access token belongs to (`GET /backoffice/token/slug`).
+pub async fn slug_for_token(console_url: &Url, token: &str) -> anyhow::Result<String> {
+    let endpoint = console_url.join("/backoffice/token/slug").context("--console-url")?;
+    let headers = [
+        (http::header::AUTHORIZATION, format!("Bearer {token}")),
+        (http::header::ACCEPT, "application/json".to_string()),
+    ];
+    let (parts, body) = get(&endpoint, &headers, Duration::from_secs(15))
         .await
-        .with_context(|| format!("{endpoint} did not answer in time"))?
         .with_context(|| format!("asking {endpoint} for the project of ORY_ACCESS_TOKEN"))?;
+    let status = parts.status;
     if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
         bail!("the console refused ORY_ACCESS_TOKEN ({status}): check the token");
     }

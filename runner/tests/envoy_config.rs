@@ -54,12 +54,12 @@ fn flags_with_absolute_key(flags: &[&str]) -> Vec<String> {
 
 fn without_environment(local: &mut LocalArgs, flags: &[String]) {
     if !flags.iter().any(|flag| flag == "--sdk-url") {
-        local.sdk_url = None;
+        local.ory.sdk_url = None;
     }
-    local.kratos_url = None;
-    local.access_token = None;
+    local.ory.kratos_url = None;
+    local.ory.access_token = None;
     local.project_api_key = None;
-    local.project = None;
+    local.ory.project = None;
 }
 
 fn envoy_args(flags: &[&str]) -> EnvoyArgs {

@@ -1,8 +1,8 @@
 //! The `ory-proxy` binary as a developer runs it, in a temporary HOME: the first start makes the
 //! local CA, trusts it in that HOME's NSS database (the real `certutil`), announces and opens
 //! `https://localhost:<port>/`, and answers HTTPS with a certificate that chains to the CA; the
-//! second start reuses the CA and installs nothing again; SIGTERM stops it cleanly; and
-//! `cert uninstall` removes the CA from the database.
+//! second start reuses the CA and installs nothing again; SIGTERM stops it cleanly; `doctor` sees
+//! it trusted; and `cert uninstall` removes the CA from the database.
 //!
 //! Runner only: the local CA, the trust stores and opening the browser are what the runner adds
 //! for a laptop; Envoy has none of them (see `envoy/README.md`).
@@ -171,6 +171,12 @@ async fn the_first_start_trusts_the_ca_in_the_home_nss_database_and_the_second_r
     let answer = https_get(port, &ca, "/.ory/jwks.json").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     stop(child);
+
+    // `doctor` sees it trusted there (and changes nothing).
+    let output = machine.command(&["doctor", "--sdk-url", &format!("http://{}", machine.app_addr)]).output().unwrap();
+    let said = String::from_utf8_lossy(&output.stdout);
+    let trusted = format!("ok    trusted by NSS database sql:{}", machine.home.join(".pki/nssdb").display());
+    assert!(said.contains(&trusted), "{trusted:?} in\n{said}");
 
     // `cert path` and `cert uninstall`.
     let output = machine.command(&["cert", "path"]).output().unwrap();

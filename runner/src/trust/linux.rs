@@ -24,6 +24,10 @@ const SYSTEM_STORES: [(&str, &str, &[&str]); 2] = [
 pub(super) struct SystemAnchors;
 
 impl TrustStore for SystemAnchors {
+    fn kind(&self) -> Kind {
+        Kind::System
+    }
+
     fn os(&self) -> Os {
         Os::Linux
     }
@@ -64,6 +68,15 @@ impl TrustStore for SystemAnchors {
 
     fn remove(&self, record: &Record, env: &TrustEnv) -> Result<(), String> {
         system_remove(Path::new(&record.location), env)
+    }
+
+    fn check(&self, ca: &LocalCa, env: &TrustEnv, _: &Records) -> Vec<Placement<()>> {
+        let Some((path, _)) = linux_system_store(env) else {
+            let reason = "neither update-ca-certificates (Debian/Ubuntu) nor update-ca-trust (Fedora) found";
+            return vec![("the system store".into(), Err(reason.into()))];
+        };
+        let trusted = if holds(&path, ca) { Ok(()) } else { Err("it is not among the anchors".into()) };
+        vec![(self.describe(&path.display().to_string()), trusted)]
     }
 
     /// Every known anchor file that holds this very CA.

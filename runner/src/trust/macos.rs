@@ -8,6 +8,10 @@ use crate::tls::LocalCa;
 pub(super) struct Keychain;
 
 impl TrustStore for Keychain {
+    fn kind(&self) -> Kind {
+        Kind::Keychain
+    }
+
     fn os(&self) -> Os {
         Os::MacOs
     }

@@ -171,6 +171,24 @@ trait TrustStore {
     /// Takes the CA out of the place `record` names.
     fn remove(&self, record: &Record, env: &TrustEnv) -> Result<(), String>;
 
+    /// Whether each place of the store trusts `ca`, without changing anything: `Err` says why
+    /// not. Stores that cannot be asked trust the record.
+    fn check(&self, ca: &LocalCa, _env: &TrustEnv, records: &Records) -> Vec<Placement<()>> {
+        let recorded: Vec<Placement<()>> = records
+            .installed
+            .iter()
+            .filter(|record| record.kind == self.kind() && record.fingerprint == ca.fingerprint())
+            .map(|record| (self.describe(&record.location), Ok(())))
+            .collect();
+        if recorded.is_empty() {
+            return vec![(self.describe("of this user"), Err("ory-proxy has not installed the local CA here".into()))];
+        }
+        recorded
+    }
+
+    /// The kind of store this is, as records name it.
+    fn kind(&self) -> Kind;
+
     /// Takes `ca` out of the places that have it although no record says so (`trust.json` lost,
     /// an older run), except those `handled` names (by [`TrustStore::describe`]). Stores that
     /// cannot be asked whether they have it trust the record, and find nothing here.
@@ -335,6 +353,21 @@ pub fn install(ca: &LocalCa, state: &Path, env: &TrustEnv) -> Report {
         }
     }
     write_records(state, &records);
+    report
+}
+
+/// Whether every store of this OS trusts `ca`, store by store, changing nothing.
+pub fn check(ca: &LocalCa, state: &Path, env: &TrustEnv) -> Report {
+    let records = read_records(state);
+    let mut report = Report::default();
+    for store in env.stores() {
+        for (place, result) in store.check(ca, env, &records) {
+            report.outcomes.push(match result {
+                Ok(()) => Outcome::AlreadyInstalled(place),
+                Err(reason) => Outcome::Failed(place, reason),
+            });
+        }
+    }
     report
 }
 

@@ -20,6 +20,10 @@ pub fn nickname(ca: &LocalCa) -> String {
 pub(super) struct Nss;
 
 impl TrustStore for Nss {
+    fn kind(&self) -> Kind {
+        Kind::Nss
+    }
+
     fn os(&self) -> Os {
         Os::Linux
     }
@@ -68,6 +72,27 @@ impl TrustStore for Nss {
 
     fn remove(&self, record: &Record, env: &TrustEnv) -> Result<(), String> {
         nss_remove(&record.location, &record.name, env)
+    }
+
+    fn check(&self, ca: &LocalCa, env: &TrustEnv, _: &Records) -> Vec<Placement<()>> {
+        if !env.commands.exists("certutil") {
+            return vec![("Chrome/Firefox (NSS)".into(), Err(CERTUTIL_MISSING.into()))];
+        }
+        let name = nickname(ca);
+        nss_databases(env)
+            .into_iter()
+            .map(|db| {
+                let location = db.location();
+                let trusted = if nss_format(&db.dir).is_none() {
+                    Err("there is no database yet".into())
+                } else if nss_has(&location, &name, env) {
+                    Ok(())
+                } else {
+                    Err("it is not in the database".into())
+                };
+                (self.describe(&location), trusted)
+            })
+            .collect()
     }
 
     /// Every database that has this CA's nickname.

@@ -8,6 +8,10 @@ use crate::tls::LocalCa;
 pub(super) struct RootStore;
 
 impl TrustStore for RootStore {
+    fn kind(&self) -> Kind {
+        Kind::Windows
+    }
+
     fn os(&self) -> Os {
         Os::Windows
     }
