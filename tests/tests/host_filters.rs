@@ -261,6 +261,8 @@ both_hosts! {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
         let (_, headers) = last_seen(&seen);
         assert_eq!(value(&headers, "x-check"), Some("checked by the app"), "the call's answer, then the request");
+        let took = value(&headers, "x-call-service-time").unwrap_or_default();
+        assert!(took.parse::<u64>().is_ok(), "the call's answer says how long the upstream took: {took:?}");
         let refused = client.get(&proxy.url("/call?cluster=nope"), &[]).await.unwrap();
         assert_eq!(refused.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(refused.text(), "dispatch refused: BadArgument");

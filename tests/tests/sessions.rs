@@ -218,6 +218,21 @@ both_hosts! {
         world.stop().await;
     }
 
+    async fn a_jwt_beyond_the_warning_size_is_sent_and_logged_with_advice(host: Host) {
+        let world = World::start_with(host, |deployment| deployment.jwt_warn_bytes = 100).await;
+        let session = world.standin.create_session(DEMO_EMAIL).unwrap();
+        let answer = world.client.get(&world.url("/members"), &[("cookie", &session.cookie)]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "the request is still served");
+        let jwt = bearer(world.last_app_header("authorization")).expect("with its JWT");
+        assert!(jwt.len() > 100);
+        if let Some(envoy) = world.proxy.envoy() {
+            // The runner logs the same line through its own logger, which the test cannot read.
+            let log = envoy.log();
+            assert!(log.contains("more than 100 (jwt.warn_bytes)") && log.contains("--jwt-session-claim minimal"), "{log}");
+        }
+        world.stop().await;
+    }
+
     async fn protected_paths_fail_closed_and_others_fail_open_when_ory_is_down(host: Host) {
         let world = World::start(host).await;
         let session = world.standin.create_session(DEMO_EMAIL).unwrap();

@@ -215,6 +215,8 @@ impl Clusters {
         let mut headers = HeaderList::new();
         headers.add(":status", parts.status.as_str().as_bytes());
         headers.0.extend(header_list_from(&parts.headers).0);
+        // As Envoy's router stamps the answers of filter calls too.
+        headers.set("x-envoy-upstream-service-time", started.elapsed().as_millis().to_string().as_bytes());
         Some(HttpCallResponse { headers, body: collected.to_bytes().to_vec(), trailers })
     }
 }

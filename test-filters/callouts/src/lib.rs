@@ -73,6 +73,8 @@ impl Context for Callout {
         match status.as_str() {
             "200" => {
                 self.set_http_request_header("x-check", Some(&String::from_utf8_lossy(&body)));
+                let took = self.get_http_call_response_header("x-envoy-upstream-service-time").unwrap_or_default();
+                self.set_http_request_header("x-call-service-time", Some(&took));
                 self.resume_http_request();
             }
             other => {
