@@ -64,12 +64,8 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         }
         None => local::EMBEDDED_FILTER.to_vec(),
     };
-    let (ca, tls) = local_tls(&args.serve, &plan)?;
-    let proxy = local::start_with_tls(&plan, &wasm, tls).await?;
+    let (proxy, ca) = start(&plan, &wasm, &args.serve).await?;
     let address = proxy.local_addr()?;
-    if deployment::is_public(&address) {
-        tracing::warn!("listening on {address}: other machines can reach this proxy");
-    }
     let public = plan.public_url.as_str().trim_end_matches('/');
     println!("ory-proxy is running.");
     println!("  Open your app at   {public}/");
@@ -94,19 +90,7 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
         println!("  Protected paths    {}", rules.join(", "));
     }
     println!("  JWT public keys    {public}/.ory/jwks.json");
-    if let Some(metrics) = proxy.metrics_addr() {
-        println!("  Metrics            http://{metrics}/metrics (health: /healthz, /readyz)");
-    }
-    for (cluster, why) in local::unreachable_clusters(&plan).await {
-        println!("  warning            {cluster} cannot be reached yet ({why}); requests to it get 503 until it can");
-    }
-    println!("Press Ctrl-C to stop.");
-    if !args.serve.no_open {
-        open_browser(format!("{public}/"));
-    }
-    proxy.serve(shutdown_signal()).await?;
-    tracing::info!("stopped");
-    Ok(())
+    serve_until_stopped(proxy, &plan, &args.serve).await
 }
 
 /// `ory-proxy run`: anybody's filter, as Envoy would run it.
@@ -121,30 +105,46 @@ async fn run_filter(args: RunArgs) -> anyhow::Result<()> {
         drop(service);
         return Ok(());
     }
-    let (ca, tls) = local_tls(&args.serve, &plan)?;
-    let proxy = local::start_with_tls(&plan, &wasm, tls).await?;
+    let (proxy, ca) = start(&plan, &wasm, &args.serve).await?;
+    let public = plan.public_url.as_str().trim_end_matches('/');
+    println!("{name} is running.");
+    println!("  Open it at         {public}/");
+    announce_certificate(ca.as_ref(), &args.serve)?;
+    for cluster in &plan.clusters {
+        println!("  Cluster            {} = {}", cluster.name, cluster.url.as_str().trim_end_matches('/'));
+    }
+    for route in &plan.routes {
+        println!("  Route              {} to {}", route.prefix, route.cluster);
+    }
+    serve_until_stopped(proxy, &plan, &args.serve).await
+}
+
+/// Starts `plan` with `wasm`, serving HTTPS from the local CA unless --no-https.
+async fn start(
+    plan: &Plan,
+    wasm: &[u8],
+    serve: &ServeArgs,
+) -> anyhow::Result<(ory_proxy::proxy::Proxy, Option<tls::LocalCa>)> {
+    let (ca, tls) = local_tls(serve, plan)?;
+    let proxy = local::start_with_tls(plan, wasm, tls).await?;
     let address = proxy.local_addr()?;
     if deployment::is_public(&address) {
         tracing::warn!("listening on {address}: other machines can reach this proxy");
     }
-    let public = plan.public_url.as_str().trim_end_matches('/');
-    println!("{name} is running at {public}/");
-    announce_certificate(ca.as_ref(), &args.serve)?;
+    Ok((proxy, ca))
+}
+
+/// The end of the banner (metrics, clusters not up yet), the browser, and serving until Ctrl-C.
+async fn serve_until_stopped(proxy: ory_proxy::proxy::Proxy, plan: &Plan, serve: &ServeArgs) -> anyhow::Result<()> {
     if let Some(metrics) = proxy.metrics_addr() {
-        println!("  metrics http://{metrics}/metrics (health: /healthz, /readyz)");
+        println!("  Metrics            http://{metrics}/metrics (health: /healthz, /readyz)");
     }
-    for cluster in &plan.clusters {
-        println!("  cluster {:<16} {}", cluster.name, cluster.url.as_str().trim_end_matches('/'));
-    }
-    for route in &plan.routes {
-        println!("  route   {:<16} to {}", route.prefix, route.cluster);
-    }
-    for (cluster, why) in local::unreachable_clusters(&plan).await {
-        println!("  warning {cluster} cannot be reached yet ({why}); requests to it get 503 until it can");
+    for (cluster, why) in local::unreachable_clusters(plan).await {
+        println!("  warning            {cluster} cannot be reached yet ({why}); requests to it get 503 until it can");
     }
     println!("Press Ctrl-C to stop.");
-    if !args.serve.no_open {
-        open_browser(format!("{public}/"));
+    if !serve.no_open {
+        open_browser(format!("{}/", plan.public_url.as_str().trim_end_matches('/')));
     }
     proxy.serve(shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -115,19 +115,7 @@ impl Proxy {
                 Ok(Proxy { host, addr: handle.addr, running: Running::Runner(handle) })
             }
             Host::Envoy => {
-                let admin_port = free_port();
-                let options =
-                    EnvoyOptions { module_path: filter.path().display().to_string(), admin_port: Some(admin_port) };
-                let start = EnvoyStart {
-                    bootstrap: bootstrap_yaml(plan, &options),
-                    admin_port,
-                    listen: Some(plan.listen),
-                    concurrency: plan.workers.map_or(ENVOY_WORKERS, |workers| workers as u32),
-                    env: environment.to_vec(),
-                    cpu_list: None,
-                    log_level: None,
-                };
-                let envoy = RunningEnvoy::start(start).await?;
+                let envoy = RunningEnvoy::start(envoy_start(plan, filter, environment, Some(plan.listen))).await?;
                 Ok(Proxy { host, addr: plan.listen, running: Running::Envoy(envoy) })
             }
         }
@@ -215,6 +203,27 @@ impl Proxy {
     }
 }
 
+/// How to start Envoy with the bootstrap for `plan` and `filter`, its VMs seeing `environment`,
+/// waiting for `listen` (none for a service).
+fn envoy_start(
+    plan: &Plan,
+    filter: Filter,
+    environment: &[(String, String)],
+    listen: Option<SocketAddr>,
+) -> EnvoyStart {
+    let admin_port = free_port();
+    let options = EnvoyOptions { module_path: filter.path().display().to_string(), admin_port: Some(admin_port) };
+    EnvoyStart {
+        bootstrap: bootstrap_yaml(plan, &options),
+        admin_port,
+        listen,
+        concurrency: plan.workers.map_or(ENVOY_WORKERS, |workers| workers as u32),
+        env: environment.to_vec(),
+        cpu_list: None,
+        log_level: None,
+    }
+}
+
 /// The plan `ory-proxy run --filter <filter> <args>` makes, on a free loopback port.
 pub fn run_plan(filter: Filter, args: &[&str]) -> Plan {
     let (filter, port) = (filter.path().display().to_string(), free_port().to_string());
@@ -242,18 +251,7 @@ impl Service {
                 RunningService::Runner(local::start_service(plan, &filter.bytes()).unwrap_or_else(|e| panic!("{e:#}")))
             }
             Host::Envoy => {
-                let admin_port = free_port();
-                let options =
-                    EnvoyOptions { module_path: filter.path().display().to_string(), admin_port: Some(admin_port) };
-                let start = EnvoyStart {
-                    bootstrap: bootstrap_yaml(plan, &options),
-                    admin_port,
-                    listen: None,
-                    concurrency: ENVOY_WORKERS,
-                    env: plan.plugin.environment.clone(),
-                    cpu_list: None,
-                    log_level: None,
-                };
+                let start = envoy_start(plan, filter, &plan.plugin.environment, None);
                 RunningService::Envoy(RunningEnvoy::start(start).await.unwrap_or_else(|e| panic!("{e:#}")))
             }
         };
