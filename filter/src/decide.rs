@@ -236,6 +236,8 @@ pub struct ResponseContext<'a> {
 pub struct ResponseDecision {
     pub headers: Headers,
     pub rewrite_body: bool,
+    /// An Ory answer's `Location` or `Set-Cookie` was moved onto the proxy's origin.
+    pub moved_ory_headers: bool,
 }
 
 /// Response headers for the browser: CORS by the proxy's policy, HSTS undone, and for Ory's
@@ -254,16 +256,20 @@ pub fn decide_response(
     let browser_https = ctx.origin.scheme() == crate::origin::Scheme::Https;
     let origin = ctx.origin.to_string();
     let mut rewrite_body = false;
+    let mut moved_ory_headers = false;
     if let (Some(routed), false) = (ctx.ory_routed, ctx.local) {
         if let Some(location) = header(&out, "location").map(str::to_string) {
             let default_redirect = default_redirect(config, ctx.origin);
             if let Some(moved) = rewrite_location_at(&location, routed, &config.target, &origin, &default_redirect) {
+                moved_ory_headers |= moved != location;
                 set_header(&mut out, "location", &moved);
             }
         }
         for (name, value) in out.iter_mut() {
             if name.eq_ignore_ascii_case("set-cookie") {
-                *value = rewrite_set_cookie(value, config.cookie_domain.as_deref(), browser_https);
+                let rewritten = rewrite_set_cookie(value, config.cookie_domain.as_deref(), browser_https);
+                moved_ory_headers |= rewritten != *value;
+                *value = rewritten;
             }
         }
         let status = header(&out, ":status").unwrap_or_default();
@@ -276,7 +282,7 @@ pub fn decide_response(
     for cookie in ctx.refresh_cookies {
         out.push(("set-cookie".into(), rewrite_set_cookie(cookie, config.cookie_domain.as_deref(), browser_https)));
     }
-    ResponseDecision { headers: out, rewrite_body }
+    ResponseDecision { headers: out, rewrite_body, moved_ory_headers }
 }
 
 /// An Ory body with Ory's URL replaced by `<proxy origin>/.ory`; None to leave it as it is.

@@ -167,6 +167,8 @@ mod glue {
     struct OryBody {
         content_type: Option<String>,
         content_encoding: Option<String>,
+        /// The response was counted as rewritten already (for its headers).
+        counted: bool,
     }
 
     impl Path {
@@ -387,7 +389,7 @@ mod glue {
                 evict(ory, hash);
             }
             let decision = decide::decide_response(ory, &context, &headers);
-            if matches!(flow.path, Path::Ory { .. }) && (decision.rewrite_body || decision.headers != headers) {
+            if decision.moved_ory_headers {
                 self.metrics.count(Counter::OryResponsesRewritten);
             }
             apply_edits(MapType::HttpResponseHeaders, &headers, &decision.headers);
@@ -397,6 +399,7 @@ mod glue {
                 *body = Some(OryBody {
                     content_type: header(&decision.headers, "content-type").map(str::to_string),
                     content_encoding: header(&decision.headers, "content-encoding").map(str::to_string),
+                    counted: decision.moved_ory_headers,
                 });
             }
             Action::Continue
@@ -418,9 +421,13 @@ mod glue {
                 &body,
                 rewrite.content_type.as_deref(),
                 rewrite.content_encoding.as_deref(),
-            ) && let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &rewritten)
-            {
-                log::warn!("could not replace the Ory response body: {status:?}");
+            ) {
+                if !rewrite.counted {
+                    self.metrics.count(Counter::OryResponsesRewritten);
+                }
+                if let Err(status) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &rewritten) {
+                    log::warn!("could not replace the Ory response body: {status:?}");
+                }
             }
             Action::Continue
         }

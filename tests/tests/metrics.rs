@@ -39,7 +39,7 @@ both_hosts! {
         let session = standin.create_session(DEMO_EMAIL).unwrap();
         let cookie = ("cookie", session.cookie.as_str());
         let made_up = ("cookie", "ory_kratos_session=made-up");
-        let steps: [Step; 7] = [
+        let steps: [Step; 8] = [
             ("/public", vec![], StatusCode::OK),
             ("/members", vec![HTML], StatusCode::SEE_OTHER),
             ("/members", vec![JSON], StatusCode::UNAUTHORIZED),
@@ -47,6 +47,8 @@ both_hosts! {
             ("/members", vec![cookie], StatusCode::OK),
             ("/public", vec![made_up], StatusCode::OK),
             ("/.ory/self-service/login/browser", vec![HTML], StatusCode::SEE_OTHER),
+            // Through to Ory and back with nothing to move onto the proxy: not counted as rewritten.
+            ("/.ory/sessions/whoami", vec![JSON], StatusCode::UNAUTHORIZED),
         ];
         for (path, headers, status) in steps {
             assert_eq!(client.get(&proxy.url(path), &headers).await.unwrap().status, status, "{path} {headers:?}");
