@@ -498,7 +498,7 @@ pub struct RunArgs {
 
     /// Run a root-only plugin, as Envoy's wasm service does: one VM with its root context (ticks,
     /// calls, shared data and queues), no listener and no HTTP streams.
-    #[arg(long, conflicts_with_all = ["upstream", "routes"])]
+    #[arg(long, conflicts_with_all = ["upstream", "routes", "metrics_addr"])]
     pub service: bool,
 
     #[command(flatten)]

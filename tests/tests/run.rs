@@ -199,6 +199,7 @@ fn flags_that_cannot_make_a_plan_are_clear_errors() {
         (&["--route", "api=backend"], "--route"),
         (&["--vm-env", "NOVALUE"], "--vm-env"),
         (&["--service", "--upstream", "http://x"], "--upstream"),
+        (&["--service", "--metrics-addr", "127.0.0.1:9901"], "--metrics-addr"),
     ] {
         let error = cli(bad).unwrap_err().to_string();
         assert!(error.contains(flag), "{bad:?}: {error}");
