@@ -48,7 +48,6 @@ impl HeaderList {
         self.0.push((name.to_ascii_lowercase(), value.to_vec()));
     }
 
-    /// Replaces every value of `name` with one value (appended when absent).
     /// Replaces every value of `name` with `value`, at the end of the list: Envoy's `setCopy`
     /// (remove, then add), so a filter sees the same order in both hosts.
     pub fn set(&mut self, name: &str, value: &[u8]) {
