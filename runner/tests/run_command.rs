@@ -1,6 +1,8 @@
 //! The `ory-proxy` binary's `run` and `local --filter`, as a filter author starts them: what a
-//! module other than the built-in one is (and is not) handed. Runner only: these are the
-//! runner's commands; what a filter sees in both hosts is in `tests/tests/run.rs`.
+//! module other than the built-in one is (and is not) handed; and what `local` logs of a JWT too
+//! large for common servers. Runner only: these are the runner's commands and log; what a filter
+//! sees in both hosts is in `tests/tests/run.rs`, Envoy's log of the JWT advice in
+//! `tests/tests/sessions.rs`.
 
 use std::process::{Command, Output, Stdio};
 
@@ -78,4 +80,63 @@ fn local_warns_that_a_module_given_with_filter_gets_the_key() {
     assert!(stderr.contains("`ory-proxy run`"), "the warning says what to use instead: {stderr}");
     drop(taken);
     std::fs::remove_file(&module).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_beyond_the_warning_size_is_logged_with_advice() {
+    use ory_proxy_tests::standin::{DEMO_EMAIL, Standin, StandinConfig};
+    use std::io::{BufRead as _, BufReader};
+
+    let standin = Standin::start(StandinConfig::default()).await.unwrap();
+    let app =
+        ory_proxy_tests::http::spawn_server(ory_proxy_tests::http::bind_loopback(0).await.unwrap(), |_, _| async {
+            Ok(ory_proxy_tests::http::response(http::StatusCode::OK, "text/plain", "app".to_string()))
+        })
+        .unwrap();
+    let port = free_port();
+    let home = std::env::temp_dir().join(format!("ory-proxy-run-command-jwt-size-{}", std::process::id()));
+    let mut child = Command::new(BINARY)
+        .args(["local", &format!("http://{}", app.local_addr()), "--sdk-url", &standin.url(), "--port", &port])
+        .args(["--jwt-warn-bytes", "100", "--no-https", "--no-open", "--protect-path-prefix", "/members"])
+        .env("ORY_PROXY_HOME", &home)
+        .env_remove("ORY_SDK_URL")
+        .env_remove("PORT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (lines, said) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let session = standin.create_session(DEMO_EMAIL).unwrap();
+    let url = format!("http://127.0.0.1:{port}/members");
+    let client = ory_proxy_tests::http::HttpClient::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let answer = loop {
+        match client.get(&url, &[("cookie", &session.cookie)]).await {
+            Ok(answer) => break answer,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(error) => panic!("the proxy did not start: {error}"),
+        }
+    };
+    assert_eq!(answer.status, http::StatusCode::OK, "the request is still served");
+    let advice = loop {
+        let line = said.recv_timeout(std::time::Duration::from_secs(10)).expect("the proxy logs the advice");
+        if line.contains("(jwt.warn_bytes)") {
+            break line;
+        }
+    };
+    assert!(advice.contains("more than 100") && advice.contains("--jwt-session-claim minimal"), "{advice}");
+    child.kill().unwrap();
+    let _ = child.wait();
+    app.shutdown().await;
+    standin.shutdown().await;
+    let _ = std::fs::remove_dir_all(&home);
 }

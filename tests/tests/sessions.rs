@@ -226,7 +226,7 @@ both_hosts! {
         let jwt = bearer(world.last_app_header("authorization")).expect("with its JWT");
         assert!(jwt.len() > 100);
         if let Some(envoy) = world.proxy.envoy() {
-            // The runner logs the same line through its own logger, which the test cannot read.
+            // The runner's log of it: runner/tests/run_command.rs, which reads the binary's.
             let log = envoy.log();
             assert!(log.contains("more than 100 (jwt.warn_bytes)") && log.contains("--jwt-session-claim minimal"), "{log}");
         }
