@@ -82,16 +82,7 @@ pub fn start_service(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Arc<FilterPool>
 /// start-up (an app that starts later is normal, so this is not an error).
 pub async fn unreachable_clusters(plan: &Plan) -> Vec<(String, String)> {
     let checks = plan.clusters.iter().map(|cluster| async move {
-        let host = cluster.url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = cluster.url.port_or_known_default().unwrap_or(80);
-        let attempt =
-            tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((host.as_str(), port)));
-        let problem = match attempt.await {
-            Ok(Ok(_)) => None,
-            Ok(Err(error)) => Some(error.to_string()),
-            Err(_) => Some("no answer within 3s".to_string()),
-        };
-        problem.map(|why| (format!("{} ({})", cluster.name, cluster.url.as_str().trim_end_matches('/')), why))
+        cluster.unreachable(Duration::from_secs(3)).await.map(|why| (cluster.label(), why))
     });
     futures_util::future::join_all(checks).await.into_iter().flatten().collect()
 }

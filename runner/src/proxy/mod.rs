@@ -79,6 +79,22 @@ impl Cluster {
         Ok(Cluster { name: name.to_string(), url })
     }
 
+    /// Why the cluster does not accept a TCP connection within `timeout`; `None` when it does.
+    pub async fn unreachable(&self, timeout: Duration) -> Option<String> {
+        let host = self.url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let port = self.url.port_or_known_default().unwrap_or(80);
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// The cluster as messages name it: `name (url)`.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.name, self.url.as_str().trim_end_matches('/'))
+    }
+
     /// `host:port` as a `Host` header names it (the port only when not the scheme's default).
     pub fn authority(&self) -> String {
         let host = self.url.host_str().unwrap_or_default();

@@ -107,19 +107,9 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
 /// The first cluster that does not accept a connection within a second, and why.
 async fn unreachable(clusters: &[Cluster]) -> Option<String> {
     for cluster in clusters {
-        let host = cluster.url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
-        let port = cluster.url.port_or_known_default().unwrap_or(80);
-        let attempt = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((host, port)));
-        let why = match attempt.await {
-            Ok(Ok(_)) => continue,
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => "no answer within 1s".to_string(),
-        };
-        return Some(format!(
-            "{} ({}) cannot be reached: {why}",
-            cluster.name,
-            cluster.url.as_str().trim_end_matches('/')
-        ));
+        if let Some(why) = cluster.unreachable(Duration::from_secs(1)).await {
+            return Some(format!("{} cannot be reached: {why}", cluster.label()));
+        }
     }
     None
 }
