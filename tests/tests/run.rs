@@ -3,43 +3,29 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::app::RecordingApp;
 use common::host::{Filter, Proxy, Service, run_plan};
-use http::{HeaderMap, StatusCode};
-use ory_proxy_tests::http::{HttpClient, ServerHandle, bind_loopback, response, spawn_server};
-
-/// What an app received: path and headers of every request.
-type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
+use http::StatusCode;
+use ory_proxy_tests::http::HttpClient;
 
 /// An app that says who it is: `checked by <name>` at `/check`, `<name> saw <path>` elsewhere.
-async fn app(name: &'static str) -> (ServerHandle, Seen) {
-    let seen: Seen = Arc::default();
-    let record = seen.clone();
-    let server = spawn_server(bind_loopback(0).await.unwrap(), move |request, _| {
-        let record = record.clone();
-        async move {
-            let path = request.uri().to_string();
-            record.lock().unwrap().push((path.clone(), request.headers().clone()));
-            let text = match path.as_str() {
-                "/check" => format!("checked by {name}"),
-                _ => format!("{name} saw {path}"),
-            };
-            Ok(response(StatusCode::OK, "text/plain", text))
-        }
+async fn app(name: &'static str) -> RecordingApp {
+    RecordingApp::answering(move |uri| match uri {
+        "/check" => format!("checked by {name}"),
+        _ => format!("{name} saw {uri}"),
     })
-    .unwrap();
-    (server, seen)
+    .await
 }
 
-fn url(server: &ServerHandle) -> String {
-    format!("http://{}", server.local_addr())
+fn url(app: &RecordingApp) -> String {
+    format!("http://{}", app.addr())
 }
 
 both_hosts! {
     async fn the_plugin_is_told_what_the_flags_say(host: Host) {
-        let (app, _seen) = app("app").await;
+        let app = app("app").await;
         let vm_config = std::env::temp_dir().join(format!("ory-proxy-run-vm-config-{}-{host:?}", std::process::id()));
         std::fs::write(&vm_config, "vm settings from a file").unwrap();
         let plan = run_plan(
@@ -67,12 +53,12 @@ both_hosts! {
         let passed = client.get(&proxy.url("/other"), &[]).await.unwrap();
         assert_eq!(passed.text(), "app saw /other");
         proxy.stop().await;
-        app.shutdown().await;
+        app.stop().await;
         std::fs::remove_file(&vm_config).unwrap();
     }
 
     async fn one_worker_is_one_vm_for_every_connection(host: Host) {
-        let (app, _seen) = app("app").await;
+        let app = app("app").await;
         let plan = run_plan(Filter::Test("plugin"), &["--upstream", &url(&app), "--concurrency", "1"]);
         let proxy = Proxy::start_plan(host, &plan, Filter::Test("plugin")).await;
         let mut ids = Vec::new();
@@ -83,11 +69,11 @@ both_hosts! {
         }
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]), "one VM numbers every stream: {ids:?}");
         proxy.stop().await;
-        app.shutdown().await;
+        app.stop().await;
     }
 
     async fn unset_names_and_configurations_are_empty_as_in_envoy(host: Host) {
-        let (app, _seen) = app("app").await;
+        let app = app("app").await;
         let plan = run_plan(Filter::Test("plugin"), &["--upstream", &url(&app)]);
         assert_eq!(plan.signing_key(), None, "nothing of ory-proxy's reaches the filter");
         let proxy = Proxy::start_plan(host, &plan, Filter::Test("plugin")).await;
@@ -99,12 +85,12 @@ both_hosts! {
         }
         assert_eq!(answer.header("x-environment"), Some(""), "no environment at all");
         proxy.stop().await;
-        app.shutdown().await;
+        app.stop().await;
     }
 
     async fn a_filter_calls_the_clusters_it_is_given_and_routes_lead_to_them(host: Host) {
-        let (main, main_seen) = app("main").await;
-        let (backend, backend_seen) = app("backend").await;
+        let main = app("main").await;
+        let backend = app("backend").await;
         let backend_cluster = format!("backend={}", url(&backend));
         let plan = run_plan(
             Filter::Test("callouts"),
@@ -114,7 +100,7 @@ both_hosts! {
         let client = HttpClient::new();
         let answer = client.get(&proxy.url("/call?cluster=backend"), &[]).await.unwrap();
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-        let (path, headers) = main_seen.lock().unwrap().last().cloned().expect("the upstream was reached");
+        let (path, headers) = main.seen.lock().unwrap().last().cloned().expect("the upstream was reached");
         assert_eq!(path, "/call?cluster=backend");
         assert_eq!(headers.get("x-check").and_then(|v| v.to_str().ok()), Some("checked by backend"));
         let answer = client.get(&proxy.url("/call?cluster=upstream"), &[]).await.unwrap();
@@ -123,19 +109,19 @@ both_hosts! {
         assert_eq!(refused.text(), "dispatch refused: BadArgument");
         let routed = client.get(&proxy.url("/backend/page"), &[]).await.unwrap();
         assert_eq!(routed.text(), "backend saw /backend/page");
-        assert_eq!(backend_seen.lock().unwrap().len(), 2, "one call, one routed request");
+        assert_eq!(backend.seen.lock().unwrap().len(), 2, "one call, one routed request");
         // The call, as Envoy's client sends it: marked internal, with the time it was given.
-        let (path, call) = backend_seen.lock().unwrap()[0].clone();
+        let (path, call) = backend.seen.lock().unwrap()[0].clone();
         assert_eq!(path, "/check");
         assert_eq!(call.get("x-envoy-internal").and_then(|v| v.to_str().ok()), Some("true"));
         assert_eq!(call.get("x-envoy-expected-rq-timeout-ms").and_then(|v| v.to_str().ok()), Some("500"));
         proxy.stop().await;
-        main.shutdown().await;
-        backend.shutdown().await;
+        main.stop().await;
+        backend.stop().await;
     }
 
     async fn a_service_runs_its_root_context_without_a_listener(host: Host) {
-        let (backend, seen) = app("backend").await;
+        let backend = app("backend").await;
         let backend_cluster = format!("backend={}", url(&backend));
         let plan = run_plan(
             Filter::Test("plugin"),
@@ -152,7 +138,7 @@ both_hosts! {
         let service = Service::start(host, &plan, Filter::Test("plugin")).await;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let call = loop {
-            if let Some(call) = seen.lock().unwrap().first().cloned() {
+            if let Some(call) = backend.seen.lock().unwrap().first().cloned() {
                 break call;
             }
             assert!(std::time::Instant::now() < deadline, "the service's ticks never called the backend");
@@ -166,7 +152,7 @@ both_hosts! {
         assert_eq!(value("x-configuration").as_deref(), Some("service settings"));
         assert_eq!(value("x-vm-configuration").as_deref(), Some("service vm settings"));
         service.stop();
-        backend.shutdown().await;
+        backend.stop().await;
     }
 }
 

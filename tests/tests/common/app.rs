@@ -24,16 +24,29 @@ impl RecordingApp {
 
     /// Pages under `prefix` take `delay` to answer (a request that outlives a slow whoami).
     pub async fn start_slow_under(prefix: &'static str, delay: Duration) -> RecordingApp {
+        RecordingApp::spawn(prefix, delay, |uri| format!("app page {uri}")).await
+    }
+
+    /// An app that answers each request with `answer(uri)`, as text.
+    pub async fn answering(answer: impl Fn(&str) -> String + Clone + Send + Sync + 'static) -> RecordingApp {
+        RecordingApp::spawn("", Duration::ZERO, answer).await
+    }
+
+    async fn spawn(
+        slow_prefix: &'static str,
+        delay: Duration,
+        answer: impl Fn(&str) -> String + Clone + Send + Sync + 'static,
+    ) -> RecordingApp {
         let seen: Seen = Arc::default();
         let record = seen.clone();
         let server = spawn_server(bind_loopback(0).await.unwrap(), move |request, _| {
-            let record = record.clone();
+            let (record, answer) = (record.clone(), answer.clone());
             async move {
                 record.lock().unwrap().push((request.uri().to_string(), request.headers().clone()));
-                if !delay.is_zero() && request.uri().path().starts_with(prefix) {
+                if !delay.is_zero() && request.uri().path().starts_with(slow_prefix) {
                     tokio::time::sleep(delay).await;
                 }
-                Ok(response(StatusCode::OK, "text/plain", format!("app page {}", request.uri())))
+                Ok(response(StatusCode::OK, "text/plain", answer(&request.uri().to_string())))
             }
         })
         .unwrap();
