@@ -648,6 +648,17 @@ mod tests {
     use super::*;
     use crate::deployment::resolve_with;
 
+    fn new_key_pem() -> String {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem()
+    }
+
+    /// A fresh signing key in a file of this test's own (`name` keeps tests apart).
+    fn key_file(name: &str) -> std::path::PathBuf {
+        let key = std::env::temp_dir().join(format!("ory-proxy-cli-{name}-{}.pem", std::process::id()));
+        std::fs::write(&key, new_key_pem()).unwrap();
+        key
+    }
+
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("ory-proxy").chain(args.iter().copied()))
     }
@@ -695,9 +706,7 @@ mod tests {
 
     #[test]
     fn https_is_the_default_and_can_be_turned_off() {
-        let key = std::env::temp_dir().join(format!("ory-proxy-cli-key-{}.pem", std::process::id()));
-        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem())
-            .unwrap();
+        let key = key_file("key");
         let key_arg = key.to_str().unwrap();
         let base = ["local", "http://localhost:3000", "--port", "4000", "--jwt-key", key_arg];
         let Command::Local(args) = parse(&base).unwrap().command else { unreachable!() };
@@ -728,9 +737,7 @@ mod tests {
 
     #[test]
     fn case_and_passed_headers_reach_the_deployment() {
-        let key = std::env::temp_dir().join(format!("ory-proxy-cli-pass-{}.pem", std::process::id()));
-        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem())
-            .unwrap();
+        let key = key_file("pass");
         let key_arg = key.to_str().unwrap();
         let base = ["local", "http://localhost:3000", "--jwt-key", key_arg];
         let Command::Local(args) = parse(&base).unwrap().command else { unreachable!() };
@@ -766,9 +773,7 @@ mod tests {
 
     #[test]
     fn jwt_claims_reach_the_deployment_and_bad_ones_name_their_flag() {
-        let key = std::env::temp_dir().join(format!("ory-proxy-cli-claims-{}.pem", std::process::id()));
-        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem())
-            .unwrap();
+        let key = key_file("claims");
         let base = ["local", "http://localhost:3000", "--jwt-key", key.to_str().unwrap()];
         let deployment = |extra: &[&str]| {
             let Command::Local(args) = parse(&[&base[..], extra].concat()).unwrap().command else { unreachable!() };
@@ -804,9 +809,7 @@ mod tests {
 
     #[test]
     fn a_public_url_is_an_origin_and_becomes_the_deployments() {
-        let key = std::env::temp_dir().join(format!("ory-proxy-cli-public-{}.pem", std::process::id()));
-        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem())
-            .unwrap();
+        let key = key_file("public");
         let base = ["local", "http://localhost:3000", "--jwt-key", key.to_str().unwrap()];
         let flags = [&base[..], &["--public-url", "https://app.example.com"]].concat();
         let Command::Local(args) = parse(&flags).unwrap().command else { unreachable!() };
@@ -830,11 +833,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let write = |name: &str| {
             let path = dir.join(name);
-            std::fs::write(
-                &path,
-                rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem(),
-            )
-            .unwrap();
+            std::fs::write(&path, new_key_pem()).unwrap();
             path.to_str().unwrap().to_string()
         };
         let (current, previous) = (write("current.pem"), write("previous.pem"));
