@@ -253,19 +253,16 @@ fn envoy_route(route: &Route, limits: &Limits) -> Node {
 }
 
 fn wasm_filter(plan: &Plan, options: &EnvoyOptions) -> Node {
-    let mut config = plugin_config(plan, options);
     // A VM that traps is replaced, as the runner does, instead of failing every later request
     // with 503 (FAIL_CLOSED). Envoy reloads only once a random interval below the backoff has
     // passed since the VM was loaded; requests before that still get 503. (A base interval of
     // 1ms crashed Envoy 1.40 with SIGFPE on the second trap.)
-    config.insert(2, ("failure_policy", "FAIL_RELOAD".into()));
-    config.insert(
-        3,
-        ("reload_config", map([("backoff", map([("base_interval", "0.1s".into()), ("max_interval", "0.1s".into())]))])),
-    );
+    let backoff = map([("base_interval", "0.1s".into()), ("max_interval", "0.1s".into())]);
+    let failure = [("failure_policy", "FAIL_RELOAD".into()), ("reload_config", map([("backoff", backoff)]))];
+    let config = plugin_config(plan, options, failure);
     map([
         ("name", "envoy.filters.http.wasm".into()),
-        ("typed_config", map([("@type", type_url::WASM.into()), ("config", Node::map(config))])),
+        ("typed_config", map([("@type", type_url::WASM.into()), ("config", config)])),
     ])
 }
 
@@ -274,23 +271,19 @@ fn wasm_service(plan: &Plan, options: &EnvoyOptions) -> Node {
     let service = map([
         ("@type", type_url::WASM_SERVICE.into()),
         ("singleton", true.into()),
-        ("config", Node::map(plugin_config(plan, options))),
+        ("config", plugin_config(plan, options, [])),
     ]);
     map([("name", "envoy.bootstrap.wasm".into()), ("typed_config", service)])
 }
 
-/// The `PluginConfig` both placements share: names, VM and configuration.
-fn plugin_config(plan: &Plan, options: &EnvoyOptions) -> Vec<(&'static str, Node)> {
+/// The `PluginConfig` both placements share: names, `settings` of the placement's own, the VM
+/// and the configuration.
+fn plugin_config<const N: usize>(plan: &Plan, options: &EnvoyOptions, settings: [(&'static str, Node); N]) -> Node {
     let plugin = &plan.plugin;
-    vec![
-        ("name", plugin.name.as_str().into()),
-        ("root_id", plugin.root_id.as_str().into()),
-        ("vm_config", vm_config(plan, options)),
-        (
-            "configuration",
-            map([("@type", type_url::STRING_VALUE.into()), ("value", plan.filter_configuration().into())]),
-        ),
-    ]
+    let names = [("name", plugin.name.as_str().into()), ("root_id", plugin.root_id.as_str().into())];
+    let configuration = map([("@type", type_url::STRING_VALUE.into()), ("value", plan.filter_configuration().into())]);
+    let rest = [("vm_config", vm_config(plan, options)), ("configuration", configuration)];
+    Node::map(names.into_iter().chain(settings).chain(rest))
 }
 
 fn vm_config(plan: &Plan, options: &EnvoyOptions) -> Node {
