@@ -99,10 +99,11 @@ mod glue {
             self.whoami_started.borrow_mut().insert(token, now_ms);
         }
 
-        /// A whoami call's answer arrived: its outcome and how long it took.
-        fn call_answered(&self, token: u32, outcome: &WhoamiOutcome, now_ms: u64) {
+        /// A whoami call's answer arrived (`token`: the call's; none when it could not be made):
+        /// its outcome and how long it took.
+        fn call_answered(&self, token: Option<u32>, outcome: &WhoamiOutcome, now_ms: u64) {
             self.count(metrics::whoami_outcome(outcome));
-            let started = self.whoami_started.borrow_mut().remove(&token);
+            let started = token.and_then(|token| self.whoami_started.borrow_mut().remove(&token));
             if let (Some(started), Some(id)) = (started, self.whoami_duration) {
                 let _ = hostcalls::record_metric(id, now_ms.saturating_sub(started));
             }
@@ -213,7 +214,7 @@ mod glue {
             let Some(ory) = config.ory.as_ref() else { return };
             let Some(resolution) = self.vm.borrow_mut().calls.answered(Caller::Root, token_id) else { return };
             let answer = read_call_response(num_headers, body_size);
-            resolve(&config, ory, &self.metrics, token_id, resolution, answer, self.id);
+            resolve(&config, ory, &self.metrics, Some(token_id), resolution, answer, self.id);
         }
     }
 
@@ -270,7 +271,7 @@ mod glue {
             let metrics = &self.metrics;
             let failed = self.vm.borrow_mut().calls.redispatch(|creds| dispatch_whoami(ory, metrics, creds, now));
             for (resolution, why) in failed {
-                resolve(&config, ory, metrics, 0, resolution, CallAnswer::failed(why), self.id);
+                resolve(&config, ory, metrics, None, resolution, CallAnswer::failed(why), self.id);
             }
         }
 
@@ -301,7 +302,7 @@ mod glue {
                 return;
             };
             let answer = read_call_response(num_headers, body_size);
-            resolve(&self.config, ory, &self.metrics, token_id, resolution, answer, self.id);
+            resolve(&self.config, ory, &self.metrics, Some(token_id), resolution, answer, self.id);
         }
 
         fn on_done(&mut self) -> bool {
@@ -533,7 +534,7 @@ mod glue {
         config: &Config,
         ory: &OryConfig,
         metrics: &Metrics,
-        token: u32,
+        token: Option<u32>,
         resolution: Resolution<Rc<RefCell<Flow>>>,
         answer: CallAnswer,
         current: u32,
