@@ -11,7 +11,7 @@ use crate::config::OryConfig;
 use crate::cors::{CorsPolicy, is_preflight, strip_upstream_cors};
 use crate::entry::SessionResult;
 use crate::forwarded::{app_forwarding_headers, ory_request_headers, sanitize_request_headers};
-use crate::headers::{Headers, header, remove_header, set_header};
+use crate::headers::{EditedHeaders, HeaderEdit, header};
 use crate::negotiate::{ClientKind, client_kind, ory_accept_encoding};
 #[cfg(doc)]
 use crate::origin::proxy_origin;
@@ -47,8 +47,8 @@ pub enum RequestDecision {
 
 #[derive(Debug)]
 pub struct OryRequest {
-    /// The request headers to send on (pseudo-headers included).
-    pub headers: Headers,
+    /// What to change in the request headers (pseudo-headers included) before they go on.
+    pub edits: Vec<HeaderEdit>,
     pub origin: Origin,
     /// The path Ory is asked for, below its base path (after [`ory_route`]), with the query.
     pub routed: String,
@@ -58,9 +58,13 @@ pub struct OryRequest {
 
 #[derive(Debug)]
 pub struct AppRequest {
-    /// The request headers to send on, without the JWT (added after the session check); the
-    /// session check reads the credentials from these too, so a removed token is not sent to Ory.
-    pub headers: Headers,
+    /// What to change in the request headers before they go on, without the JWT (added after
+    /// the session check).
+    pub edits: Vec<HeaderEdit>,
+    /// What of the request Ory could know its session by, read from the headers the app will
+    /// get (so a client token that claims to be ours, already removed, is never sent to Ory
+    /// either). Empty credentials mean no session, without asking.
+    pub credentials: Credentials,
     pub origin: Origin,
     pub target: NormalizedPath,
     pub protected: bool,
@@ -107,13 +111,13 @@ pub fn decide_request(
         });
     }
 
-    let mut out: Headers = headers.to_vec();
+    let mut out = EditedHeaders::new(headers);
     sanitize_request_headers(&mut out, &config.passed_client_headers);
-    set_header(&mut out, ":path", &target.to_request_target());
-
-    if let Some(routed) = ory_route(&target.to_request_target()) {
+    let request_target = target.to_request_target();
+    if let Some(routed) = ory_route(&request_target) {
+        out.set(":path", request_target);
         for (name, value) in ory_request_headers(&origin, config.project_api_key.as_deref()) {
-            set_header(&mut out, &name, &value);
+            out.set(&name, value);
         }
         // Ory's bodies are rewritten on the way back: it may only answer in a coding that can be.
         let offered: Vec<&str> = headers
@@ -121,32 +125,27 @@ pub fn decide_request(
             .filter(|(name, _)| name.eq_ignore_ascii_case("accept-encoding"))
             .map(|(_, value)| value.as_str())
             .collect();
-        set_header(&mut out, "accept-encoding", &ory_accept_encoding(&offered.join(",")));
+        out.set("accept-encoding", ory_accept_encoding(&offered.join(",")));
         let routed_path = routed.split('?').next().unwrap_or_default();
         let logout = routed_path == LOGOUT_PATH || routed_path.starts_with(&format!("{LOGOUT_PATH}/"));
-        return RequestDecision::Ory(OryRequest { headers: out, origin, routed, logout });
+        return RequestDecision::Ory(OryRequest { edits: out.into_edits(), origin, routed, logout });
     }
+    out.set(":path", request_target);
 
     let forwarded =
         app_forwarding_headers(client_address.unwrap_or_default(), origin.scheme().as_str(), &origin.authority());
     for (name, value) in forwarded {
-        set_header(&mut out, &name, &value);
+        out.set(&name, value);
     }
     // Only the proxy hands the app tokens of its own; a client's is forged or replayed. Other
     // credentials (API keys, other issuers' JWTs) pass, and a session replaces them anyway.
-    out.retain(|(name, value)| {
+    out.retain(|name, value| {
         !(name.eq_ignore_ascii_case("authorization") && claims_to_be_ours(value, &config.signing_kid, &config.issuer))
     });
     let protected = config.rules.protects(&target);
     let kind = client_kind(header(headers, "accept"), header(headers, "x-requested-with"));
-    RequestDecision::App(AppRequest { headers: out, origin, target, protected, kind })
-}
-
-/// What of an app request Ory could know its session by (read from the headers the app will get,
-/// so a client token that claims to be ours, already removed, is never sent to Ory either). Empty
-/// credentials mean no session, without asking.
-pub fn session_credentials(config: &OryConfig, request: &AppRequest) -> Credentials {
-    Credentials::from_headers(&request.headers, &config.session_cookie_prefixes)
+    let credentials = Credentials::from_pairs(out.iter(), &config.session_cookie_prefixes);
+    RequestDecision::App(AppRequest { edits: out.into_edits(), credentials, origin, target, protected, kind })
 }
 
 /// What to do with an app request once its session is known.
@@ -231,11 +230,12 @@ pub struct ResponseContext<'a> {
     pub refresh_cookies: &'a [String],
 }
 
-/// The edited response headers, and whether the body must be buffered and rewritten.
+/// What to change in the response headers, and whether the body must be buffered and rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseDecision {
-    pub headers: Headers,
-    pub rewrite_body: bool,
+    pub edits: Vec<HeaderEdit>,
+    /// The body is to be rewritten, in this coding.
+    pub rewrite_body: Option<BodyCoding>,
     /// An Ory answer's `Location` or `Set-Cookie` was moved onto the proxy's origin.
     pub moved_ory_headers: bool,
 }
@@ -247,42 +247,53 @@ pub fn decide_response(
     ctx: &ResponseContext<'_>,
     headers: &[(String, String)],
 ) -> ResponseDecision {
-    let mut out: Headers = headers.to_vec();
+    let mut out = EditedHeaders::new(headers);
     if !ctx.preflight {
         strip_upstream_cors(&mut out);
-        out.extend(cors_policy(config, ctx.origin).response_headers(ctx.request_origin));
+        for (name, value) in cors_policy(config, ctx.origin).response_headers(ctx.request_origin) {
+            out.add(&name, value);
+        }
     }
-    set_header(&mut out, STRICT_TRANSPORT_SECURITY.0, STRICT_TRANSPORT_SECURITY.1);
+    out.set(STRICT_TRANSPORT_SECURITY.0, STRICT_TRANSPORT_SECURITY.1);
     let browser_https = ctx.origin.scheme() == crate::origin::Scheme::Https;
-    let origin = ctx.origin.to_string();
-    let mut rewrite_body = false;
+    let mut rewrite_body = None;
     let mut moved_ory_headers = false;
     if let (Some(routed), false) = (ctx.ory_routed, ctx.local) {
-        if let Some(location) = header(&out, "location").map(str::to_string) {
+        let origin = ctx.origin.to_string();
+        if let Some(location) = out.get("location").map(str::to_string) {
             let default_redirect = default_redirect(config, ctx.origin);
             if let Some(moved) = rewrite_location_at(&location, routed, &config.target, &origin, &default_redirect) {
                 moved_ory_headers |= moved != location;
-                set_header(&mut out, "location", &moved);
+                out.set("location", moved);
             }
         }
-        for (name, value) in out.iter_mut() {
-            if name.eq_ignore_ascii_case("set-cookie") {
-                let rewritten = rewrite_set_cookie(value, config.cookie_domain.as_deref(), browser_https);
-                moved_ory_headers |= rewritten != *value;
-                *value = rewritten;
-            }
-        }
-        let status = header(&out, ":status").unwrap_or_default();
+        out.edit_values("set-cookie", |value| {
+            let rewritten = rewrite_set_cookie(value, config.cookie_domain.as_deref(), browser_https);
+            moved_ory_headers |= rewritten != value;
+            Some(rewritten)
+        });
+        let status = out.get(":status").unwrap_or_default();
         let bodiless = ctx.method.eq_ignore_ascii_case("HEAD") || matches!(status, "204" | "304" | "206");
-        if !bodiless && needs_body_rewrite(header(&out, "content-type"), header(&out, "content-encoding")) {
-            rewrite_body = true;
-            remove_header(&mut out, "content-length");
+        let (content_type, content_encoding) = (out.get("content-type"), out.get("content-encoding"));
+        if !bodiless && needs_body_rewrite(content_type, content_encoding) {
+            rewrite_body = Some(BodyCoding {
+                content_type: content_type.map(str::to_string),
+                content_encoding: content_encoding.map(str::to_string),
+            });
+            out.remove("content-length");
         }
     }
     for cookie in ctx.refresh_cookies {
-        out.push(("set-cookie".into(), rewrite_set_cookie(cookie, config.cookie_domain.as_deref(), browser_https)));
+        out.add("set-cookie", rewrite_set_cookie(cookie, config.cookie_domain.as_deref(), browser_https));
     }
-    ResponseDecision { headers: out, rewrite_body, moved_ory_headers }
+    ResponseDecision { edits: out.into_edits(), rewrite_body, moved_ory_headers }
+}
+
+/// How an Ory body to rewrite is encoded, as its (edited) response headers say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyCoding {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
 }
 
 /// An Ory body with Ory's URL replaced by `<proxy origin>/.ory`; None to leave it as it is.
@@ -304,7 +315,8 @@ pub fn rewrite_ory_body(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::headers::tests::h;
+    use crate::headers::Headers;
+    use crate::headers::tests::{apply, h};
     use crate::token::tests::TEST_KEY_PEM;
     use serde_json::json;
     use url::Url;
@@ -360,42 +372,57 @@ mod tests {
         }
     }
 
+    /// An app request's decision, and its headers as the host holds them after the edits.
+    fn app_sent(config: &OryConfig, headers: &Headers, client: Option<&str>) -> (AppRequest, Headers) {
+        let app = app(decide_request(config, headers, client));
+        let sent = apply(headers.clone(), &app.edits);
+        (app, sent)
+    }
+
+    /// An Ory request's decision, and its headers as the host holds them after the edits.
+    fn ory_sent(config: &OryConfig, headers: &Headers) -> (OryRequest, Headers) {
+        let decision = decide_request(config, headers, None);
+        let RequestDecision::Ory(ory) = decision else { panic!("not an Ory request: {decision:?}") };
+        let sent = apply(headers.clone(), &ory.edits);
+        (ory, sent)
+    }
+
+    /// A response decision, and the headers as the host holds them after the edits.
+    fn response_sent(config: &OryConfig, ctx: &ResponseContext<'_>, headers: &Headers) -> (ResponseDecision, Headers) {
+        let decision = decide_response(config, ctx, headers);
+        let sent = apply(headers.clone(), &decision.edits);
+        (decision, sent)
+    }
+
     #[test]
     fn app_requests_are_normalised_sanitised_and_forwarded() {
-        let decision = decide_request(
-            &config(),
-            &request(
-                "/public/../members/%61?x=1",
-                &[
-                    ("x-forwarded-host", "evil.com"),
-                    ("ory-base-url-rewrite", "http://evil"),
-                    ("accept", "application/json"),
-                ],
-            ),
-            Some("10.1.2.3:5555"),
+        let headers = request(
+            "/public/../members/%61?x=1",
+            &[
+                ("x-forwarded-host", "evil.com"),
+                ("ory-base-url-rewrite", "http://evil"),
+                ("accept", "application/json"),
+            ],
         );
-        let app = app(decision);
-        assert_eq!(get(&app.headers, ":path").as_deref(), Some("/members/a?x=1"));
-        assert_eq!(get(&app.headers, "x-forwarded-host").as_deref(), Some("localhost:4000"));
-        assert_eq!(get(&app.headers, "x-forwarded-proto").as_deref(), Some("http"));
-        assert_eq!(get(&app.headers, "x-forwarded-for").as_deref(), Some("10.1.2.3"));
-        assert!(app.headers.iter().all(|(k, _)| !k.starts_with("ory-")));
+        let (app, sent) = app_sent(&config(), &headers, Some("10.1.2.3:5555"));
+        assert_eq!(get(&sent, ":path").as_deref(), Some("/members/a?x=1"));
+        assert_eq!(get(&sent, "x-forwarded-host").as_deref(), Some("localhost:4000"));
+        assert_eq!(get(&sent, "x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(get(&sent, "x-forwarded-for").as_deref(), Some("10.1.2.3"));
+        assert!(sent.iter().all(|(k, _)| !k.starts_with("ory-")));
         assert!(app.protected);
         assert_eq!(app.kind, ClientKind::Api);
     }
 
     #[test]
     fn spoofed_host_gives_the_public_origin() {
-        let app = app(decide_request(
-            &config(),
-            &request("/", &[])
-                .into_iter()
-                .map(|(k, v)| if k == ":authority" { (k, "evil.com".to_string()) } else { (k, v) })
-                .collect::<Vec<_>>(),
-            None,
-        ));
+        let headers: Headers = request("/", &[])
+            .into_iter()
+            .map(|(k, v)| if k == ":authority" { (k, "evil.com".to_string()) } else { (k, v) })
+            .collect();
+        let (app, sent) = app_sent(&config(), &headers, None);
         assert_eq!(app.origin.to_string(), "http://localhost:4000");
-        assert_eq!(get(&app.headers, "x-forwarded-host").as_deref(), Some("localhost:4000"));
+        assert_eq!(get(&sent, "x-forwarded-host").as_deref(), Some("localhost:4000"));
     }
 
     #[test]
@@ -429,30 +456,23 @@ mod tests {
 
     #[test]
     fn ory_requests_get_the_rewrite_headers_and_keep_the_prefix() {
-        let decision = decide_request(
-            &config(),
-            &request("/.ory//self-service/login/browser?a=b", &[("ory-no-custom-domain-redirect", "false")]),
-            None,
-        );
-        let RequestDecision::Ory(ory) = decision else { panic!("{decision:?}") };
-        assert_eq!(get(&ory.headers, ":path").as_deref(), Some("/.ory/self-service/login/browser?a=b"));
+        let headers = request("/.ory//self-service/login/browser?a=b", &[("ory-no-custom-domain-redirect", "false")]);
+        let (ory, sent) = ory_sent(&config(), &headers);
+        assert_eq!(get(&sent, ":path").as_deref(), Some("/.ory/self-service/login/browser?a=b"));
         assert_eq!(ory.routed, "/self-service/login/browser?a=b");
-        assert_eq!(get(&ory.headers, "ory-no-custom-domain-redirect").as_deref(), Some("true"));
-        assert_eq!(get(&ory.headers, "ory-base-url-rewrite").as_deref(), Some("http://localhost:4000/.ory"));
-        assert_eq!(get(&ory.headers, "ory-base-url-rewrite-token").as_deref(), Some("secret-key"));
+        assert_eq!(get(&sent, "ory-no-custom-domain-redirect").as_deref(), Some("true"));
+        assert_eq!(get(&sent, "ory-base-url-rewrite").as_deref(), Some("http://localhost:4000/.ory"));
+        assert_eq!(get(&sent, "ory-base-url-rewrite-token").as_deref(), Some("secret-key"));
         assert!(!ory.logout);
-        assert!(get(&ory.headers, "x-forwarded-for").is_none());
+        assert!(get(&sent, "x-forwarded-for").is_none());
         // Envoy routes on it: an Ory-bound request always carries the browser's scheme.
-        assert_eq!(get(&ory.headers, "x-forwarded-proto").as_deref(), Some("http"));
+        assert_eq!(get(&sent, "x-forwarded-proto").as_deref(), Some("http"));
     }
 
     #[test]
     fn ory_is_asked_for_no_coding_its_bodies_could_not_be_rewritten_in() {
-        let ory_headers = |extra: &[(&str, &str)]| {
-            let decision = decide_request(&config(), &request("/.ory/self-service/login/browser", extra), None);
-            let RequestDecision::Ory(ory) = decision else { panic!("{decision:?}") };
-            ory.headers
-        };
+        let ory_headers =
+            |extra: &[(&str, &str)]| ory_sent(&config(), &request("/.ory/self-service/login/browser", extra)).1;
         let sent = ory_headers(&[("accept-encoding", "gzip, deflate, br, zstd")]);
         assert_eq!(get(&sent, "accept-encoding").as_deref(), Some("gzip"));
         let sent = ory_headers(&[("accept-encoding", "br"), ("accept-encoding", "identity;q=0.5, gzip;q=0.9")]);
@@ -461,9 +481,8 @@ mod tests {
         assert_eq!(get(&ory_headers(&[("accept-encoding", "br")]), "accept-encoding").as_deref(), Some("identity"));
         assert_eq!(get(&ory_headers(&[]), "accept-encoding").as_deref(), Some("identity"));
         // The app is asked as the client asked.
-        let decision = decide_request(&config(), &request("/page", &[("accept-encoding", "br")]), None);
-        let RequestDecision::App(app) = decision else { panic!("{decision:?}") };
-        assert_eq!(get(&app.headers, "accept-encoding").as_deref(), Some("br"));
+        let (_, sent) = app_sent(&config(), &request("/page", &[("accept-encoding", "br")]), None);
+        assert_eq!(get(&sent, "accept-encoding").as_deref(), Some("br"));
     }
 
     #[test]
@@ -513,7 +532,8 @@ mod tests {
 
     fn app_request(path: &str, kind: ClientKind, protected: bool) -> AppRequest {
         AppRequest {
-            headers: Vec::new(),
+            edits: Vec::new(),
+            credentials: Credentials::default(),
             origin: Origin::from_public_url("http://127.0.0.1:4000").unwrap(),
             target: normalize(path).unwrap(),
             protected,
@@ -660,30 +680,32 @@ mod tests {
             ("content-length", "10"),
             ("access-control-allow-origin", "*"),
         ]);
-        let decision = decide_response(&config(), &ctx(&origin, Some("/self-service/login/browser"), &[]), &headers);
-        assert_eq!(get(&decision.headers, "location").as_deref(), Some("http://localhost:4000/.ory/ui/login?flow=1"));
-        let cookies: Vec<&str> =
-            decision.headers.iter().filter(|(k, _)| k == "set-cookie").map(|(_, v)| v.as_str()).collect();
+        let (decision, sent) =
+            response_sent(&config(), &ctx(&origin, Some("/self-service/login/browser"), &[]), &headers);
+        assert_eq!(get(&sent, "location").as_deref(), Some("http://localhost:4000/.ory/ui/login?flow=1"));
+        let cookies: Vec<&str> = sent.iter().filter(|(k, _)| k == "set-cookie").map(|(_, v)| v.as_str()).collect();
         assert_eq!(cookies.len(), 2);
         assert!(
             !cookies[0].contains("Domain") && !cookies[0].contains("Secure") && cookies[0].contains("SameSite=Lax")
         );
         assert!(cookies[1].contains("Max-Age=60"));
-        assert!(decision.rewrite_body);
-        assert!(get(&decision.headers, "content-length").is_none());
-        assert!(get(&decision.headers, "access-control-allow-origin").is_none());
-        assert_eq!(get(&decision.headers, "strict-transport-security").as_deref(), Some("max-age=0"));
+        let coding = BodyCoding { content_type: Some("application/json".into()), content_encoding: None };
+        assert_eq!(decision.rewrite_body, Some(coding));
+        assert!(decision.moved_ory_headers);
+        assert!(get(&sent, "content-length").is_none());
+        assert!(get(&sent, "access-control-allow-origin").is_none());
+        assert_eq!(get(&sent, "strict-transport-security").as_deref(), Some("max-age=0"));
     }
 
     #[test]
     fn welcome_goes_to_the_default_redirect() {
         let origin = Origin::from_public_url("http://127.0.0.1:4000").unwrap();
         let headers = h(&[(":status", "303"), ("location", "http://127.0.0.1:4433/ui/welcome")]);
-        let decision = decide_response(&config(), &ctx(&origin, Some("/self-service/login"), &[]), &headers);
-        assert_eq!(get(&decision.headers, "location").as_deref(), Some("http://127.0.0.1:4000/"));
+        let (_, sent) = response_sent(&config(), &ctx(&origin, Some("/self-service/login"), &[]), &headers);
+        assert_eq!(get(&sent, "location").as_deref(), Some("http://127.0.0.1:4000/"));
         let configured = config_with(json!({ "default_redirect_url": "http://localhost:4000/home" }));
-        let decision = decide_response(&configured, &ctx(&origin, Some("/self-service/login"), &[]), &headers);
-        assert_eq!(get(&decision.headers, "location").as_deref(), Some("http://localhost:4000/home"));
+        let (_, sent) = response_sent(&configured, &ctx(&origin, Some("/self-service/login"), &[]), &headers);
+        assert_eq!(get(&sent, "location").as_deref(), Some("http://localhost:4000/home"));
     }
 
     #[test]
@@ -698,13 +720,13 @@ mod tests {
         let cookies = vec!["ory_kratos_session=new; Path=/; Secure; HttpOnly".to_string()];
         let mut context = ctx(&origin, None, &cookies);
         context.request_origin = Some("http://localhost:4000");
-        let decision = decide_response(&config(), &context, &headers);
-        assert_eq!(get(&decision.headers, "location").as_deref(), Some("http://127.0.0.1:4433/x"));
-        assert_eq!(get(&decision.headers, "content-length").as_deref(), Some("5"));
-        assert!(!decision.rewrite_body);
-        assert_eq!(get(&decision.headers, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
-        assert_eq!(get(&decision.headers, "access-control-allow-credentials").as_deref(), Some("true"));
-        let cookie = get(&decision.headers, "set-cookie").unwrap();
+        let (decision, sent) = response_sent(&config(), &context, &headers);
+        assert_eq!(get(&sent, "location").as_deref(), Some("http://127.0.0.1:4433/x"));
+        assert_eq!(get(&sent, "content-length").as_deref(), Some("5"));
+        assert_eq!(decision.rewrite_body, None);
+        assert_eq!(get(&sent, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
+        assert_eq!(get(&sent, "access-control-allow-credentials").as_deref(), Some("true"));
+        let cookie = get(&sent, "set-cookie").unwrap();
         assert!(cookie.starts_with("ory_kratos_session=new") && !cookie.contains("Secure"), "{cookie}");
     }
 
@@ -715,12 +737,12 @@ mod tests {
             let headers = h(&[(":status", status), ("content-type", "text/html"), ("content-length", "5")]);
             let mut context = ctx(&origin, Some("/ui/login"), &[]);
             context.method = method;
-            let decision = decide_response(&config(), &context, &headers);
-            assert!(!decision.rewrite_body, "{method} {status}");
-            assert_eq!(get(&decision.headers, "content-length").as_deref(), Some("5"));
+            let (decision, sent) = response_sent(&config(), &context, &headers);
+            assert_eq!(decision.rewrite_body, None, "{method} {status}");
+            assert_eq!(get(&sent, "content-length").as_deref(), Some("5"));
         }
         let headers = h(&[(":status", "200"), ("content-type", "image/png")]);
-        assert!(!decide_response(&config(), &ctx(&origin, Some("/x"), &[]), &headers).rewrite_body);
+        assert_eq!(decide_response(&config(), &ctx(&origin, Some("/x"), &[]), &headers).rewrite_body, None);
     }
 
     #[test]
@@ -730,8 +752,8 @@ mod tests {
         let mut context = ctx(&origin, None, &[]);
         context.preflight = true;
         context.local = true;
-        let decision = decide_response(&config(), &context, &headers);
-        assert_eq!(get(&decision.headers, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
+        let (_, sent) = response_sent(&config(), &context, &headers);
+        assert_eq!(get(&sent, "access-control-allow-origin").as_deref(), Some("http://localhost:4000"));
     }
 
     #[test]
@@ -762,22 +784,22 @@ mod tests {
         for token in &forged {
             for path in ["/public", "/members"] {
                 let bearer = format!("Bearer {token}");
-                let forwarded = app(decide_request(&config, &request(path, &[("authorization", &bearer)]), None));
-                assert_eq!(get(&forwarded.headers, "authorization"), None, "{path}: {token}");
+                let (_, forwarded) = app_sent(&config, &request(path, &[("authorization", &bearer)]), None);
+                assert_eq!(get(&forwarded, "authorization"), None, "{path}: {token}");
             }
         }
         // Every copy goes; other credentials stay.
         let bearer = format!("Bearer {}", forged[0]);
-        let forwarded = app(decide_request(
+        let (_, forwarded) = app_sent(
             &config,
             &request("/public", &[("authorization", &bearer), ("Authorization", "Bearer api-key-123")]),
             None,
-        ));
-        assert_eq!(forwarded.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).count(), 1);
-        assert_eq!(get(&forwarded.headers, "authorization").as_deref(), Some("Bearer api-key-123"));
+        );
+        assert_eq!(forwarded.iter().filter(|(k, _)| k.eq_ignore_ascii_case("authorization")).count(), 1);
+        assert_eq!(get(&forwarded, "authorization").as_deref(), Some("Bearer api-key-123"));
         let other = format!("Bearer {}", jwt(json!({ "alg": "RS256", "kid": "idp" }), json!({ "iss": "https://idp" })));
-        let forwarded = app(decide_request(&config, &request("/public", &[("authorization", &other)]), None));
-        assert_eq!(get(&forwarded.headers, "authorization"), Some(other));
+        let (_, forwarded) = app_sent(&config, &request("/public", &[("authorization", &other)]), None);
+        assert_eq!(get(&forwarded, "authorization"), Some(other));
     }
 
     #[test]
@@ -788,15 +810,15 @@ mod tests {
             ("remote-user", "admin"),
             ("x-auth-request-email", "admin@example.com"),
         ];
-        let forwarded = app(decide_request(&config(), &request("/public", &spoofed), None));
+        let (_, forwarded) = app_sent(&config(), &request("/public", &spoofed), None);
         for (name, _) in spoofed {
-            assert_eq!(get(&forwarded.headers, name), None, "{name}");
+            assert_eq!(get(&forwarded, name), None, "{name}");
         }
 
         let passing = config_with(json!({ "pass_client_headers": ["Remote-User"] }));
-        let forwarded = app(decide_request(&passing, &request("/public", &spoofed), None));
-        assert_eq!(get(&forwarded.headers, "remote-user").as_deref(), Some("admin"));
-        assert_eq!(get(&forwarded.headers, "x-original-url"), None);
+        let (_, forwarded) = app_sent(&passing, &request("/public", &spoofed), None);
+        assert_eq!(get(&forwarded, "remote-user").as_deref(), Some("admin"));
+        assert_eq!(get(&forwarded, "x-original-url"), None);
     }
 
     #[test]
@@ -814,9 +836,7 @@ mod tests {
     #[test]
     fn only_what_ory_could_know_is_a_credential() {
         let config = config();
-        let creds = |extra: &[(&str, &str)]| {
-            session_credentials(&config, &app(decide_request(&config, &request("/", extra), None)))
-        };
+        let creds = |extra: &[(&str, &str)]| app(decide_request(&config, &request("/", extra), None)).credentials;
         // Nothing Ory knows: no whoami call, whatever the cookies.
         assert!(creds(&[("cookie", "_ga=GA1.2.3; theme=dark; csrf_token_abc=x")]).is_empty());
         assert!(creds(&[("authorization", "Basic dXNlcjpwYXNz")]).is_empty());
@@ -830,6 +850,6 @@ mod tests {
         assert!(!creds(&[("authorization", "Bearer some-session-token")]).is_empty());
         let custom = config_with(json!({ "session_cookie_prefixes": ["sid"] }));
         let decision = decide_request(&custom, &request("/", &[("cookie", "sid=1; ory_kratos_session=s")]), None);
-        assert_eq!(session_credentials(&custom, &app(decision)).cookie.as_deref(), Some("sid=1"));
+        assert_eq!(app(decision).credentials.cookie.as_deref(), Some("sid=1"));
     }
 }

@@ -13,6 +13,7 @@
 //! Header names are lower case, as proxy-wasm hands them over; pseudo-headers (`:path`, …) are
 //! never touched.
 
+use crate::headers::EditedHeaders;
 use crate::origin::Origin;
 use crate::rewrite::ORY_PREFIX;
 
@@ -121,23 +122,16 @@ fn is_proxy_managed(name: &str) -> bool {
 ///
 /// Call it on every request before adding [`app_forwarding_headers`] or
 /// [`ory_request_headers`], and *set* those afterwards (never append to a client's copy).
-pub fn sanitize_request_headers(headers: &mut Vec<(String, String)>, passed: &[String]) {
-    headers.retain(|(name, _)| {
+pub fn sanitize_request_headers(headers: &mut EditedHeaders<'_>, passed: &[String]) {
+    headers.retain(|name, _| {
         name.starts_with(':')
             || !(is_forwarding_header(name)
                 || (is_identity_header(name) && !passed.iter().any(|kept| kept.eq_ignore_ascii_case(name))))
     });
-    headers.retain_mut(|(name, value)| {
-        if !name.eq_ignore_ascii_case("connection") {
-            return true;
-        }
+    headers.edit_values("connection", |value| {
         let kept: Vec<&str> =
             value.split(',').map(str::trim).filter(|token| !token.is_empty() && !is_proxy_managed(token)).collect();
-        if kept.is_empty() {
-            return false;
-        }
-        *value = kept.join(", ");
-        true
+        (!kept.is_empty()).then(|| kept.join(", "))
     });
 }
 
@@ -200,7 +194,14 @@ pub fn ory_request_headers(proxy_origin: &Origin, api_key: Option<&str>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::tests::h;
+    use crate::headers::tests::{h, sent};
+    use crate::headers::{EditedHeaders, Headers};
+
+    fn sanitized(headers: &Headers, passed: &[String]) -> Headers {
+        let mut edited = EditedHeaders::new(headers);
+        sanitize_request_headers(&mut edited, passed);
+        sent(edited)
+    }
 
     fn origin(url: &str) -> Origin {
         Origin::from_public_url(url).expect("valid origin")
@@ -208,7 +209,7 @@ mod tests {
 
     #[test]
     fn spoofed_headers_are_removed() {
-        let mut headers = h(&[
+        let headers = h(&[
             (":method", "GET"),
             (":authority", "localhost:4000"),
             (":path", "/x"),
@@ -230,9 +231,8 @@ mod tests {
             ("x-forwarded", "not a prefix match, kept"),
             ("oryx", "kept"),
         ]);
-        sanitize_request_headers(&mut headers, &[]);
         assert_eq!(
-            headers,
+            sanitized(&headers, &[]),
             h(&[
                 (":method", "GET"),
                 (":authority", "localhost:4000"),
@@ -248,16 +248,15 @@ mod tests {
 
     #[test]
     fn connection_cannot_nominate_proxy_headers() {
-        let mut headers = h(&[
+        let headers = h(&[
             ("connection", "X-Forwarded-For, authorization, keep-alive"),
             ("connection", "Ory-Base-URL-Rewrite"),
             ("connection", "close,, x-custom , Content-Length,transfer-encoding,host,x-forwarded-host"),
             ("Connection", "upgrade"),
         ]);
-        sanitize_request_headers(&mut headers, &[]);
         assert_eq!(
-            headers,
-            h(&[("connection", "keep-alive"), ("connection", "close, x-custom"), ("Connection", "upgrade")])
+            sanitized(&headers, &[]),
+            h(&[("connection", "keep-alive"), ("connection", "close, x-custom"), ("connection", "upgrade")])
         );
     }
 
@@ -302,15 +301,21 @@ mod tests {
     #[test]
     fn no_ory_header_reaches_the_app() {
         // A request that arrives with every Ory header, sanitized and given the app's headers.
-        let mut headers = h(&[(":path", "/"), ("ory-base-url-rewrite", "x"), ("ORY-NO-CUSTOM-DOMAIN-REDIRECT", "x")]);
-        headers.extend(ory_request_headers(&origin("https://evil"), Some("k")));
-        sanitize_request_headers(&mut headers, &[]);
-        headers.extend(app_forwarding_headers("1.1.1.1", "https", "localhost:4000"));
+        let headers = h(&[(":path", "/"), ("ory-base-url-rewrite", "x"), ("ORY-NO-CUSTOM-DOMAIN-REDIRECT", "x")]);
+        let mut edited = EditedHeaders::new(&headers);
+        for (name, value) in ory_request_headers(&origin("https://evil"), Some("k")) {
+            edited.add(&name, value);
+        }
+        sanitize_request_headers(&mut edited, &[]);
+        for (name, value) in app_forwarding_headers("1.1.1.1", "https", "localhost:4000") {
+            edited.set(&name, value);
+        }
+        let headers = sent(edited);
         assert!(headers.iter().all(|(k, _)| !k.to_ascii_lowercase().starts_with("ory-")), "{headers:?}");
     }
     #[test]
     fn identity_and_path_override_headers_are_removed() {
-        let mut headers = h(&[
+        let headers = h(&[
             (":path", "/public"),
             ("x-kratos-authenticated-identity-id", "victim"),
             ("X-Original-URL", "/members"),
@@ -335,9 +340,8 @@ mod tests {
             ("x-users-page", "kept"),
             ("authorization", "Bearer api-key"),
         ]);
-        sanitize_request_headers(&mut headers, &[]);
         assert_eq!(
-            headers,
+            sanitized(&headers, &[]),
             h(&[
                 (":path", "/public"),
                 ("accept", "*/*"),
@@ -351,9 +355,8 @@ mod tests {
     #[test]
     fn a_passed_header_is_kept_and_only_that_one() {
         let passed = vec![passable_header("X-Remote-User").expect("passable")];
-        let mut headers = h(&[("X-Remote-User", "alice"), ("x-remote-group", "admins"), ("x-user", "bob")]);
-        sanitize_request_headers(&mut headers, &passed);
-        assert_eq!(headers, h(&[("X-Remote-User", "alice")]));
+        let headers = h(&[("X-Remote-User", "alice"), ("x-remote-group", "admins"), ("x-user", "bob")]);
+        assert_eq!(sanitized(&headers, &passed), h(&[("X-Remote-User", "alice")]));
     }
 
     #[test]

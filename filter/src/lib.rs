@@ -48,10 +48,10 @@ mod glue {
     use crate::check::{self, Cached};
     use crate::coalesce::{self, Ask, Caller, Coalescer, Question, Resolution};
     use crate::config::{Config, OryConfig};
-    use crate::decide::{self, AppRequest, RequestDecision, ResponseContext, SessionAction};
+    use crate::decide::{self, AppRequest, BodyCoding, RequestDecision, ResponseContext, SessionAction};
     use crate::endpoints;
     use crate::entry::SessionResult;
-    use crate::headers::{self, HeaderEdit, header};
+    use crate::headers::{HeaderEdit, header};
     use crate::load;
     use crate::metrics::{self, Counter};
     use crate::origin::{Origin, proxy_origin};
@@ -166,8 +166,7 @@ mod glue {
 
     /// An Ory response body to rewrite once it is all there, as the edited headers describe it.
     struct OryBody {
-        content_type: Option<String>,
-        content_encoding: Option<String>,
+        coding: BodyCoding,
         /// The response was counted as rewritten already (for its headers).
         counted: bool,
     }
@@ -359,7 +358,7 @@ mod glue {
                     send_reply(&response)
                 }
                 RequestDecision::Ory(request) => {
-                    apply_edits(MapType::HttpRequestHeaders, &headers, &request.headers);
+                    apply_edits(MapType::HttpRequestHeaders, &request.edits);
                     let logout =
                         request.logout.then(|| Credentials::from_headers(&headers, &ory.session_cookie_prefixes));
                     let logout = logout.filter(|creds| !creds.is_empty()).map(|creds| {
@@ -370,8 +369,8 @@ mod glue {
                     self.flow.borrow_mut().path = Path::Ory { seen, routed: request.routed, logout, body: None };
                     Action::Continue
                 }
-                RequestDecision::App(request) => {
-                    apply_edits(MapType::HttpRequestHeaders, &headers, &request.headers);
+                RequestDecision::App(mut request) => {
+                    apply_edits(MapType::HttpRequestHeaders, &std::mem::take(&mut request.edits));
                     self.check_session(ory, seen, request)
                 }
             }
@@ -393,15 +392,9 @@ mod glue {
             if decision.moved_ory_headers {
                 self.metrics.count(Counter::OryResponsesRewritten);
             }
-            apply_edits(MapType::HttpResponseHeaders, &headers, &decision.headers);
-            if decision.rewrite_body
-                && let Path::Ory { body, .. } = &mut flow.path
-            {
-                *body = Some(OryBody {
-                    content_type: header(&decision.headers, "content-type").map(str::to_string),
-                    content_encoding: header(&decision.headers, "content-encoding").map(str::to_string),
-                    counted: decision.moved_ory_headers,
-                });
+            apply_edits(MapType::HttpResponseHeaders, &decision.edits);
+            if let (Some(coding), Path::Ory { body, .. }) = (decision.rewrite_body, &mut flow.path) {
+                *body = Some(OryBody { coding, counted: decision.moved_ory_headers });
             }
             Action::Continue
         }
@@ -420,8 +413,8 @@ mod glue {
                 ory,
                 &seen.origin,
                 &body,
-                rewrite.content_type.as_deref(),
-                rewrite.content_encoding.as_deref(),
+                rewrite.coding.content_type.as_deref(),
+                rewrite.coding.content_encoding.as_deref(),
             ) {
                 if !rewrite.counted {
                     self.metrics.count(Counter::OryResponsesRewritten);
@@ -437,8 +430,8 @@ mod glue {
     impl Request {
         /// The session check of an app request: the cache, then Ory (one whoami call per
         /// credentials in flight, shared by the requests that need it).
-        fn check_session(&mut self, ory: &OryConfig, seen: Seen, request: AppRequest) -> Action {
-            let creds = decide::session_credentials(ory, &request);
+        fn check_session(&mut self, ory: &OryConfig, seen: Seen, mut request: AppRequest) -> Action {
+            let creds = std::mem::take(&mut request.credentials);
             let protected = request.protected;
             self.flow.borrow_mut().path = Path::CheckingSession { seen, app: request };
             if creds.is_empty() {
@@ -654,9 +647,9 @@ mod glue {
             .collect()
     }
 
-    fn apply_edits(map: MapType, before: &[(String, String)], after: &[(String, String)]) {
-        for edit in headers::header_edits(before, after) {
-            let result = match &edit {
+    fn apply_edits(map: MapType, edits: &[HeaderEdit]) {
+        for edit in edits {
+            let result = match edit {
                 HeaderEdit::Remove(name) => hostcalls::remove_map_value(map, name),
                 HeaderEdit::Set(name, value) => hostcalls::set_map_value(map, name, Some(value)),
                 HeaderEdit::Add(name, value) => hostcalls::add_map_value(map, name, value),

@@ -50,10 +50,17 @@ impl Credentials {
         headers: &[(K, V)],
         cookie_prefixes: &[P],
     ) -> Credentials {
+        Credentials::from_pairs(headers.iter().map(|(name, value)| (name.as_ref(), value.as_ref())), cookie_prefixes)
+    }
+
+    /// [`Credentials::from_headers`] of headers as name and value pairs.
+    pub fn from_pairs<'a, P: AsRef<str>>(
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+        cookie_prefixes: &[P],
+    ) -> Credentials {
         let mut creds = Credentials::default();
         let (mut authorization_seen, mut token_seen) = (false, false);
         for (name, value) in headers {
-            let (name, value) = (name.as_ref(), value.as_ref());
             if name.eq_ignore_ascii_case("cookie") {
                 for pair in value.split(';').map(str::trim) {
                     let Some((cookie, cookie_value)) = pair.split_once('=') else { continue };
