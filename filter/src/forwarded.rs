@@ -13,7 +13,7 @@
 //! Header names are lower case, as proxy-wasm hands them over; pseudo-headers (`:path`, …) are
 //! never touched.
 
-use crate::headers::EditedHeaders;
+use crate::headers::{EditedHeaders, starts_with_ignore_case};
 use crate::origin::Origin;
 use crate::rewrite::ORY_PREFIX;
 
@@ -66,21 +66,21 @@ pub const IDENTITY_HEADER_PREFIXES: &[&str] = &[
 ];
 
 /// The forwarding family: the proxy removes these from every request and sets some itself.
+// Both run for every header of every request: they compare without making lower-case copies.
 fn is_forwarding_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    name == "forwarded"
-        || name == "x-real-ip"
-        || name.starts_with("x-forwarded-")
+    name.eq_ignore_ascii_case("forwarded")
+        || name.eq_ignore_ascii_case("x-real-ip")
+        || starts_with_ignore_case(name, "x-forwarded-")
         // Every Ory-* header, not only the three known today (Ory-Base-URL-Rewrite,
         // Ory-Base-URL-Rewrite-Token, Ory-No-Custom-Domain-Redirect): they steer Ory, and no
         // client of the proxy has a reason to send one.
-        || name.starts_with("ory-")
+        || starts_with_ignore_case(name, "ory-")
 }
 
 /// An identity or path-override header (see [`IDENTITY_HEADERS`]).
 pub fn is_identity_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    IDENTITY_HEADERS.contains(&name.as_str()) || IDENTITY_HEADER_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    IDENTITY_HEADERS.iter().any(|header| header.eq_ignore_ascii_case(name))
+        || IDENTITY_HEADER_PREFIXES.iter().any(|prefix| starts_with_ignore_case(name, prefix))
 }
 
 /// Checks a `--pass-client-header` name and returns it in lower case. Only identity headers can be

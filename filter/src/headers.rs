@@ -13,6 +13,11 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
     headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
 }
 
+/// Whether `name` starts with `prefix`, in any case.
+pub fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
+    name.as_bytes().get(..prefix.len()).is_some_and(|start| start.eq_ignore_ascii_case(prefix.as_bytes()))
+}
+
 /// One change to a host header map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderEdit {

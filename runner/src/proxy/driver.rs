@@ -285,6 +285,9 @@ impl Driver {
 
     /// One access-log line per request, at debug level: quiet on the hot path unless asked.
     fn log(&self, annotations: &[(String, String)]) {
+        if !tracing::enabled!(target: "access", tracing::Level::DEBUG) {
+            return;
+        }
         let notes: Vec<String> = annotations.iter().map(|(k, v)| format!("{k}={v}")).collect();
         tracing::debug!(
             target: "access",
