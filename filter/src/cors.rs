@@ -8,8 +8,6 @@
 //! `https://localhost:4000.evil.com` — is refused. Upstream CORS headers are removed from
 //! responses ([`strip_upstream_cors`]) so they are neither duplicated nor able to widen the policy.
 
-use std::borrow::Cow;
-
 use crate::headers::EditedHeaders;
 use crate::origin::Origin;
 
@@ -127,17 +125,10 @@ impl CorsPolicy {
         Ok(())
     }
 
-    /// This policy with `proxy_origin` (the proxy origin a request came in through) allowed
-    /// too: borrowed when it already is, as the public origin always is, so that the usual
-    /// request copies nothing.
-    pub fn with_proxy_origin(&self, proxy_origin: &Origin) -> Cow<'_, CorsPolicy> {
-        let origin = proxy_origin.to_string();
-        if self.allowed_origins.contains(&origin) {
-            return Cow::Borrowed(self);
-        }
-        let mut policy = self.clone();
-        policy.allowed_origins.push(origin);
-        Cow::Owned(policy)
+    /// This policy as a request that came in through `proxy_origin` sees it: that origin is
+    /// allowed too. Nothing is copied (this runs on every request).
+    pub fn with_proxy_origin<'a>(&'a self, proxy_origin: &'a Origin) -> RequestCors<'a> {
+        RequestCors { policy: self, proxy_origin }
     }
 
     /// The allowed origins, normalised.
@@ -152,6 +143,22 @@ impl CorsPolicy {
 
     fn allows_header(&self, name: &str) -> bool {
         DEFAULT_ALLOWED_HEADERS.contains(&name) || self.additional_headers.iter().any(|h| h == name)
+    }
+}
+
+/// The CORS policy for one request: the configured origins plus the proxy origin the request came
+/// in through (see [`CorsPolicy::with_proxy_origin`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestCors<'a> {
+    policy: &'a CorsPolicy,
+    proxy_origin: &'a Origin,
+}
+
+impl RequestCors<'_> {
+    /// Whether a request's `Origin` header is allowed.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        normalise_origin(origin)
+            .is_some_and(|o| o == self.proxy_origin.to_string() || self.policy.allowed_origins.contains(&o))
     }
 
     /// The answer to a preflight (see [`is_preflight`]): the headers of a `204`, or `None` when
@@ -180,7 +187,7 @@ impl CorsPolicy {
             .unwrap_or_default()
             .split(',')
             .map(|h| h.trim().to_ascii_lowercase())
-            .filter(|h| !h.is_empty() && self.allows_header(h))
+            .filter(|h| !h.is_empty() && self.policy.allows_header(h))
             .collect();
         if !requested.is_empty() {
             headers.push(("access-control-allow-headers".into(), requested.join(", ")));
@@ -228,6 +235,10 @@ mod tests {
     use super::*;
 
     const PROXY: &str = "https://localhost:4000";
+
+    fn proxy() -> Origin {
+        Origin::parse(PROXY).expect("the proxy origin")
+    }
 
     fn policy() -> CorsPolicy {
         CorsPolicy::new(PROXY, ["http://app.example.com:8080/", "https://Other.Example"], ["X-Custom", "x-tenant"])
@@ -300,9 +311,23 @@ mod tests {
     }
 
     #[test]
+    fn the_origin_a_request_came_in_through_is_allowed_for_it() {
+        let p = policy();
+        let other_name = Origin::parse("http://127.0.0.1:4000").expect("origin");
+        assert!(!p.allows_origin("http://127.0.0.1:4000"));
+        let cors = p.with_proxy_origin(&other_name);
+        assert!(cors.allows_origin("http://127.0.0.1:4000"));
+        assert!(cors.allows_origin("http://app.example.com:8080"), "the configured ones still are");
+        assert!(!cors.allows_origin("http://127.0.0.1:4001"));
+        let headers = cors.response_headers(Some("http://127.0.0.1:4000"));
+        assert_eq!(get(&headers, "access-control-allow-origin"), Some("http://127.0.0.1:4000"));
+    }
+
+    #[test]
     fn preflight_answers_allowed_origins() {
         let p = policy();
         let h = p
+            .with_proxy_origin(&proxy())
             .preflight("http://app.example.com:8080", "POST", Some("Content-Type, X-Session-Token,x-custom, X-Evil"))
             .expect("allowed");
         assert_eq!(get(&h, "access-control-allow-origin"), Some("http://app.example.com:8080"));
@@ -312,19 +337,19 @@ mod tests {
         assert_eq!(get(&h, "access-control-max-age"), Some(PREFLIGHT_MAX_AGE));
         assert!(get(&h, "vary").is_some_and(|v| v.starts_with("Origin")));
 
-        let h = p.preflight(PROXY, "GET", None).expect("allowed");
+        let h = p.with_proxy_origin(&proxy()).preflight(PROXY, "GET", None).expect("allowed");
         assert_eq!(get(&h, "access-control-allow-headers"), None);
 
-        assert_eq!(p.preflight("https://evil.com", "GET", None), None);
-        assert_eq!(p.preflight("null", "GET", None), None);
-        assert_eq!(p.preflight(PROXY, "PROPFIND", None), None);
-        assert_eq!(p.preflight(PROXY, "get", None), None); // methods are case-sensitive
+        assert_eq!(p.with_proxy_origin(&proxy()).preflight("https://evil.com", "GET", None), None);
+        assert_eq!(p.with_proxy_origin(&proxy()).preflight("null", "GET", None), None);
+        assert_eq!(p.with_proxy_origin(&proxy()).preflight(PROXY, "PROPFIND", None), None);
+        assert_eq!(p.with_proxy_origin(&proxy()).preflight(PROXY, "get", None), None); // methods are case-sensitive
     }
 
     #[test]
     fn actual_responses() {
         let p = policy();
-        let h = p.response_headers(Some("https://other.example"));
+        let h = p.with_proxy_origin(&proxy()).response_headers(Some("https://other.example"));
         assert_eq!(
             h,
             vec![
@@ -333,8 +358,14 @@ mod tests {
                 ("vary".to_string(), "Origin".to_string()),
             ]
         );
-        assert_eq!(p.response_headers(Some("https://evil.com")), vec![("vary".to_string(), "Origin".to_string())]);
-        assert_eq!(p.response_headers(None), vec![("vary".to_string(), "Origin".to_string())]);
+        assert_eq!(
+            p.with_proxy_origin(&proxy()).response_headers(Some("https://evil.com")),
+            vec![("vary".to_string(), "Origin".to_string())]
+        );
+        assert_eq!(
+            p.with_proxy_origin(&proxy()).response_headers(None),
+            vec![("vary".to_string(), "Origin".to_string())]
+        );
     }
 
     #[test]

@@ -5,10 +5,8 @@
 //! The host routes on the `:path` the filter leaves, so the decision always writes the normalised
 //! path back. Each step is built from the pure modules beside this one.
 
-use std::borrow::Cow;
-
 use crate::config::OryConfig;
-use crate::cors::{CorsPolicy, is_preflight, strip_upstream_cors};
+use crate::cors::{RequestCors, is_preflight, strip_upstream_cors};
 use crate::entry::SessionResult;
 use crate::forwarded::{app_forwarding_headers, ory_request_headers, sanitize_request_headers};
 use crate::headers::{EditedHeaders, HeaderEdit, header};
@@ -72,7 +70,7 @@ pub struct AppRequest {
 }
 
 /// The CORS policy for a request: the configured origins plus the proxy origin the browser used.
-pub fn cors_policy<'a>(config: &'a OryConfig, origin: &Origin) -> Cow<'a, CorsPolicy> {
+pub fn cors_policy<'a>(config: &'a OryConfig, origin: &'a Origin) -> RequestCors<'a> {
     config.cors.with_proxy_origin(origin)
 }
 
