@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use futures_util::future::LocalBoxFuture;
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
@@ -126,6 +127,16 @@ fn protocol(version: http::Version) -> &'static str {
     }
 }
 
+/// What follows a response head to the client.
+enum Following {
+    /// Nothing: the response ends with its head.
+    Nothing,
+    /// This, the whole body.
+    Whole(Bytes),
+    /// A body streamed as the filter lets it go.
+    Stream,
+}
+
 /// The state of one request in flight.
 struct Driver {
     shared: Rc<Shared>,
@@ -139,6 +150,11 @@ struct Driver {
     /// When the request was sent upstream (for `x-envoy-upstream-service-time`).
     upstream_sent: Option<std::time::Instant>,
     upstream_body: Option<Incoming>,
+    /// A response head the filter let go, not yet sent: if the whole body follows before it
+    /// must go, the client gets both in one piece instead of a streamed body.
+    held_head: Option<HeaderList>,
+    /// Hold a head across the filter's next two steps (the upstream's whole body is here).
+    holding: bool,
     downstream_sink: Option<BodyOutlet>,
     finished: bool,
     /// A client asking for a WebSocket: its side of the connection once hyper hands it over.
@@ -194,6 +210,8 @@ pub async fn drive(
         upstream: None,
         upstream_sent: None,
         upstream_body: None,
+        held_head: None,
+        holding: false,
         downstream_sink: None,
         finished: false,
         client_upgrade,
@@ -255,24 +273,14 @@ impl Driver {
                 frame = tokio::time::timeout(self.shared.upstream_timeout, next_frame(&mut self.upstream_body)),
                     if !self.finished && self.upstream_body.is_some() && !BodyOutlet::backed_up(&self.downstream_sink) =>
                 {
-                    let (data, end) = match frame {
-                        Ok(Ok(frame)) => frame,
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, path = self.path, "the upstream body was cut short");
-                            self.abort_downstream();
-                            break;
-                        }
+                    match frame {
+                        Ok(frame) => self.upstream_frame(frame).await,
                         Err(_) => {
                             let silent = self.shared.upstream_timeout;
                             tracing::warn!(path = self.path, "the upstream body stalled for {silent:?}: cutting it short");
                             self.abort_downstream();
-                            break;
                         }
-                    };
-                    if end {
-                        self.upstream_body = None;
                     }
-                    self.step(move |exchange, vm| exchange.response_data(vm, &data, end)).await;
                 },
             }
         }
@@ -312,16 +320,27 @@ impl Driver {
                 for out in step.out {
                     self.carry_out(out).await;
                 }
+                if !self.holding {
+                    self.release_head();
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "the filter failed on a request");
                 self.exchange = None;
+                // A head the filter let go counts as sent: the response is cut short, as it is
+                // when the body streams.
+                self.release_head();
                 self.fail(FILTER_FAILED.0, FILTER_FAILED.1);
             }
         }
     }
 
     async fn carry_out(&mut self, out: Out) {
+        if let (Some(_), Out::ResponseData(_, true)) = (&self.held_head, &out) {
+            // The whole body after a held head: both go in one piece.
+        } else {
+            self.release_head();
+        }
         match out {
             Out::RequestHeaders(headers, end) => self.start_upstream(headers, end),
             Out::RequestData(data, end) => {
@@ -338,8 +357,14 @@ impl Driver {
                 self.upstream_body = None;
                 self.request_body = None;
             }
-            Out::ResponseHeaders(headers, end) => self.send_response_head(headers, end),
+            Out::ResponseHeaders(headers, true) => self.send_response_head(headers, Following::Nothing),
+            Out::ResponseHeaders(headers, false) => self.held_head = Some(headers),
             Out::ResponseData(data, end) => {
+                if end && let Some(head) = self.held_head.take() {
+                    self.send_response_head(head, Following::Whole(Bytes::from(data)));
+                    self.finished = true;
+                    return;
+                }
                 if let Some(sink) = &mut self.downstream_sink {
                     sink.push(data);
                     if end {
@@ -420,10 +445,23 @@ impl Driver {
                     headers.set("x-envoy-upstream-service-time", millis.as_bytes());
                 }
                 let end = http_body::Body::is_end_stream(&body);
+                // A small body often comes with its head: then the filter sees both at once,
+                // and the client gets them in one piece (see `held_head`).
+                let mut ready = None;
                 if !end {
                     self.upstream_body = Some(body);
+                    ready = next_frame(&mut self.upstream_body).now_or_never();
                 }
+                self.holding = ready.is_some();
                 self.step(move |exchange, vm| exchange.response_headers(vm, headers, end)).await;
+                if let Some(frame) = ready
+                    && !self.finished
+                    && self.upstream_body.is_some()
+                {
+                    self.upstream_frame(frame).await;
+                }
+                self.holding = false;
+                self.release_head();
             }
             Err(error) => {
                 let (status, message) = error.client_answer();
@@ -451,20 +489,51 @@ impl Driver {
         self.step(move |exchange, vm| exchange.response_data(vm, message.as_bytes(), true)).await;
     }
 
-    fn send_response_head(&mut self, headers: HeaderList, end: bool) {
+    /// One frame of the upstream's body, through the filter (or the end of the stream, when it
+    /// failed).
+    async fn upstream_frame(&mut self, frame: Result<(Vec<u8>, bool), hyper::Error>) {
+        match frame {
+            Ok((data, end)) => {
+                if end {
+                    self.upstream_body = None;
+                }
+                self.step(move |exchange, vm| exchange.response_data(vm, &data, end)).await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, path = self.path, "the upstream body was cut short");
+                self.abort_downstream();
+            }
+        }
+    }
+
+    /// Sends a held head on, its body to stream after it.
+    fn release_head(&mut self) {
+        if let Some(head) = self.held_head.take() {
+            self.send_response_head(head, Following::Stream);
+        }
+    }
+
+    fn send_response_head(&mut self, headers: HeaderList, following: Following) {
         let Some(respond) = self.respond.take() else { return };
         let status = headers
             .get_str(":status")
             .and_then(|s| s.parse::<u16>().ok())
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::BAD_GATEWAY);
-        let body = if end {
-            self.finished = true;
-            full(Bytes::new())
-        } else {
-            let (sink, body) = channel_body();
-            self.downstream_sink = Some(sink);
-            body
+        let body = match following {
+            Following::Nothing => {
+                self.finished = true;
+                full(Bytes::new())
+            }
+            Following::Whole(data) => {
+                self.finished = true;
+                full(data)
+            }
+            Following::Stream => {
+                let (sink, body) = channel_body();
+                self.downstream_sink = Some(sink);
+                body
+            }
         };
         self.status = Some(status.as_u16());
         let mut response = Response::new(body);
