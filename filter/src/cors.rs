@@ -138,7 +138,11 @@ impl CorsPolicy {
 
     /// Whether a request's `Origin` header is allowed.
     pub fn allows_origin(&self, origin: &str) -> bool {
-        normalise_origin(origin).is_some_and(|o| self.allowed_origins.contains(&o))
+        normalise_origin(origin).is_some_and(|o| self.allows_normalised(&o))
+    }
+
+    fn allows_normalised(&self, origin: &str) -> bool {
+        self.allowed_origins.iter().any(|allowed| allowed == origin)
     }
 
     fn allows_header(&self, name: &str) -> bool {
@@ -158,7 +162,7 @@ impl RequestCors<'_> {
     /// Whether a request's `Origin` header is allowed.
     pub fn allows_origin(&self, origin: &str) -> bool {
         normalise_origin(origin)
-            .is_some_and(|o| o == self.proxy_origin.to_string() || self.policy.allowed_origins.contains(&o))
+            .is_some_and(|o| o == self.proxy_origin.to_string() || self.policy.allows_normalised(&o))
     }
 
     /// The answer to a preflight (see [`is_preflight`]): the headers of a `204`, or `None` when

@@ -112,8 +112,8 @@ pub fn decide_request(
     let mut out = EditedHeaders::new(headers);
     sanitize_request_headers(&mut out, &config.passed_client_headers);
     let request_target = target.to_request_target();
+    out.set(":path", request_target.as_str());
     if let Some(routed) = ory_route(&request_target) {
-        out.set(":path", request_target);
         for (name, value) in ory_request_headers(&origin, config.project_api_key.as_deref()) {
             out.set(&name, value);
         }
@@ -128,7 +128,6 @@ pub fn decide_request(
         let logout = routed_path == LOGOUT_PATH || routed_path.starts_with(&format!("{LOGOUT_PATH}/"));
         return RequestDecision::Ory(OryRequest { edits: out.into_edits(), origin, routed, logout });
     }
-    out.set(":path", request_target);
 
     let forwarded =
         app_forwarding_headers(client_address.unwrap_or_default(), origin.scheme().as_str(), &origin.authority());

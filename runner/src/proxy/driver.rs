@@ -336,9 +336,8 @@ impl Driver {
     }
 
     async fn carry_out(&mut self, out: Out) {
-        if let (Some(_), Out::ResponseData(_, true)) = (&self.held_head, &out) {
-            // The whole body after a held head: both go in one piece.
-        } else {
+        // Anything but the whole body after a held head sends the head on first.
+        if !(self.held_head.is_some() && matches!(out, Out::ResponseData(_, true))) {
             self.release_head();
         }
         match out {
