@@ -215,7 +215,7 @@ async fn run(options: &Options, work: &Path) -> anyhow::Result<Results> {
     let download: Vec<u8> = (0..DOWNLOAD_BYTES).map(|i| (i % 251) as u8).collect();
     std::fs::write(site.join("big.bin"), download)?;
 
-    let upstream_port = free_port()?;
+    let upstream_port = free_port();
     let upstream =
         Nginx::start(work, "upstream", &upstream_config(work, upstream_port, &site), options.load_cpu.as_deref())?;
     let upstream_addr = SocketAddr::from(([127, 0, 0, 1], upstream_port));
@@ -274,7 +274,7 @@ impl Bench<'_> {
         self.results.loads.push((STANDIN_WHOAMI.into(), whoami));
 
         // nginx as a reverse proxy.
-        let port = free_port()?;
+        let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let spawned = Instant::now();
         let nginx = Nginx::start(

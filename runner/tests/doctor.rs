@@ -35,7 +35,7 @@ fn ory_proxy(dir: &Path, args: &[&str]) -> Output {
 }
 
 fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+    ory_proxy_tests::free_port().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

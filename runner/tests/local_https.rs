@@ -20,9 +20,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_ory-proxy");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use ory_proxy_tests::free_port;
 
 struct Machine {
     _app: std::net::TcpListener,

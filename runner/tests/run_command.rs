@@ -16,7 +16,7 @@ fn module(name: &str) -> std::path::PathBuf {
 }
 
 fn free_port() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+    ory_proxy_tests::free_port().to_string()
 }
 
 /// Runs the binary to its end (it must end by itself), in a home of its own, with the signing

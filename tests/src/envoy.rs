@@ -115,7 +115,7 @@ impl RunningEnvoy {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("Envoy exited at start-up ({status}):\n{}", self.log_tail(60));
+                bail!("Envoy exited at start-up ({status}):\n{}", self.log_errors(60));
             }
             if self.admin_get("/ready").await.is_ok_and(|body| body.trim() == "LIVE") {
                 let Some(listen) = self.listen else { return Ok(()) };
@@ -192,6 +192,18 @@ impl RunningEnvoy {
         let log = self.log();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The last `lines` lines Envoy logged at level error or critical (why it stopped, not the
+    /// hundred lines listing its extensions), or the log's tail when there are none.
+    pub fn log_errors(&self, lines: usize) -> String {
+        let log = self.log();
+        let errors: Vec<&str> =
+            log.lines().filter(|line| line.contains("][error][") || line.contains("][critical][")).collect();
+        if errors.is_empty() {
+            return self.log_tail(lines);
+        }
+        errors[errors.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Where the bootstrap and the log are.

@@ -54,7 +54,7 @@ async fn setup(name: &str, https: bool) -> Setup {
     let url = url::Url::parse(&format!("http://{}", upstream.local_addr())).unwrap();
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
     // The filter wants a real port in the public URL: take a free one.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = ory_proxy_tests::free_port();
     let mut deployment = Deployment::new(url.clone(), SocketAddr::from(([127, 0, 0, 1], port)), key);
     deployment.ory_url = Some(url);
     let scheme = if https { "https" } else { "http" };

@@ -123,7 +123,7 @@ pub async fn start(setup: &Setup) -> anyhow::Result<Proxy> {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem();
     let key_file = setup.work.join("signing-key.pem");
     std::fs::write(&key_file, &key)?;
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     match setup.host {
         Host::Runner => {
             let mut command = match &setup.cpu_list {
@@ -174,7 +174,7 @@ pub async fn start(setup: &Setup) -> anyhow::Result<Proxy> {
                     module
                 }
             };
-            let admin_port = free_port()?;
+            let admin_port = free_port();
             let options = EnvoyOptions { module_path: module.display().to_string(), admin_port: Some(admin_port) };
             let bootstrap = match setup.filter {
                 Filter::None => {
@@ -234,9 +234,7 @@ pub fn resident_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub use ory_proxy_tests::free_port;
 
 pub async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -71,9 +71,7 @@ enum Running {
 }
 
 /// A free loopback port: the plan needs the proxy's real port for its public URL.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub use ory_proxy_tests::free_port;
 
 /// A deployment of `upstream` on a free loopback port, signing with a fresh key.
 pub fn deployment(upstream: &str) -> Deployment {
