@@ -199,3 +199,39 @@ async fn without_https_tls_is_refused_and_http_served() {
     assert_eq!(answer.text(), "/hello http");
     s.stop().await;
 }
+
+/// A plain connection's first bytes tell HTTP/2's preface from an HTTP/1 request. One whose first
+/// bytes arrive apart, or whose method starts like the preface, is still served in the protocol
+/// it speaks.
+#[tokio::test]
+async fn plain_connections_are_understood_however_their_first_bytes_arrive() {
+    async fn answer_to(addr: SocketAddr, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        for piece in pieces {
+            stream.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut answer = vec![0; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.expect("an answer");
+        answer.truncate(read.unwrap());
+        answer
+    }
+    let s = setup("first-bytes", false).await;
+    let addr = s.proxy.addr;
+
+    // The first byte alone could start the preface.
+    let answer = answer_to(addr, &[b"P", b"UT /put HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n"]).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    // A WebDAV method shares the preface's first two bytes.
+    let answer = answer_to(addr, &[b"PROPFIND /dav HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\n\r\n"]).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    // The preface in two pieces, then an empty SETTINGS frame: the proxy answers with its own.
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let answer = answer_to(addr, &[&preface[..2], &[&preface[2..], settings].concat()]).await;
+    assert!(answer.len() >= 9 && answer[3] == 4, "an HTTP/2 SETTINGS frame, not {answer:?}");
+    let answer = answer_to(addr, &[&[preface, settings].concat()]).await;
+    assert!(answer.len() >= 9 && answer[3] == 4, "an HTTP/2 SETTINGS frame, not {answer:?}");
+
+    s.stop().await;
+}

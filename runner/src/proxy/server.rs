@@ -151,10 +151,7 @@ impl Proxy {
         if let Some(observer) = self.observer.take() {
             tokio::spawn(observer.serve(observing));
         }
-        let mut builder = auto::Builder::new(LocalExecutor);
-        // hyper answers 431 when a request head does not fit its read buffer.
-        builder.http1().max_buf_size(self.limits.max_request_headers_bytes.max(8192));
-        builder.http2().max_header_list_size(u32::try_from(self.limits.max_request_headers_bytes).unwrap_or(u32::MAX));
+        let protocols = Arc::new(Protocols::new(&self.limits));
         // Tells every connection to finish what it is doing and close.
         let (stopping, stopped) = watch::channel(false);
         let mut refused = RefusalLog::default();
@@ -192,7 +189,7 @@ impl Proxy {
                 stream,
                 peer,
                 routes: self.routes.clone(),
-                builder: builder.clone(),
+                protocols: protocols.clone(),
                 tls: self.tls.clone(),
                 handshake_timeout: self.handshake_timeout,
                 limits: self.limits,
@@ -277,7 +274,7 @@ struct Accepted {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     routes: Arc<[Route]>,
-    builder: auto::Builder<LocalExecutor>,
+    protocols: Arc<Protocols>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     limits: Limits,
@@ -301,7 +298,7 @@ impl Accepted {
             stream,
             peer,
             routes,
-            builder,
+            protocols,
             tls,
             handshake_timeout,
             limits,
@@ -346,33 +343,86 @@ impl Accepted {
                 return;
             }
         };
-        let served = Served { shared, builder, limits, stopped };
+        let served = Served { shared, protocols, limits, stopped };
         match stream {
             Stream::Plain(stream) => {
-                let activity = Activity::new(!starts_http2(&stream).await);
+                let speaks = Speaks::from_first_bytes(&stream).await;
+                let activity = Activity::new(speaks != Speaks::Http2);
                 let io = TokioIo::new(Watched::new(stream, activity.clone()));
-                served.serve(io, Connection { id, peer, local, tls: false }, activity).await
+                served.serve(io, speaks, Connection { id, peer, local, tls: false }, activity).await
             }
             Stream::Tls(stream) => {
-                let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                let activity = Activity::new(!http2);
+                let speaks = Speaks::from_alpn(stream.get_ref().1.alpn_protocol());
+                let activity = Activity::new(speaks != Speaks::Http2);
                 let io = TokioIo::new(Watched::new(stream, activity.clone()));
-                served.serve(io, Connection { id, peer, local, tls: true }, activity).await
+                served.serve(io, speaks, Connection { id, peer, local, tls: true }, activity).await
             }
         }
     }
 }
 
-/// Whether a plain connection opens with HTTP/2's preface (prior knowledge, RFC 9113 §3.3).
-async fn starts_http2(stream: &TcpStream) -> bool {
-    let mut start = [0u8; 3];
-    matches!(stream.peek(&mut start).await, Ok(3) if &start == b"PRI")
+/// Which HTTP a connection speaks, as far as its start tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Speaks {
+    Http1,
+    Http2,
+    /// Too little to tell yet: hyper reads the start and decides.
+    Unknown,
+}
+
+impl Speaks {
+    /// A plain connection: HTTP/2 opens with its preface (prior knowledge, RFC 9113 §3.3), whose
+    /// first three bytes no HTTP/1 method starts with.
+    async fn from_first_bytes(stream: &TcpStream) -> Speaks {
+        const PREFACE_START: &[u8; 3] = b"PRI";
+        let mut start = [0u8; 3];
+        match stream.peek(&mut start).await {
+            Ok(3) if &start == PREFACE_START => Speaks::Http2,
+            Ok(read) if read > 0 && start[..read] != PREFACE_START[..read] => Speaks::Http1,
+            _ => Speaks::Unknown,
+        }
+    }
+
+    /// A TLS connection: what ALPN agreed on.
+    fn from_alpn(protocol: Option<&[u8]>) -> Speaks {
+        match protocol {
+            Some(b"h2") => Speaks::Http2,
+            Some(b"http/1.1") => Speaks::Http1,
+            _ => Speaks::Unknown,
+        }
+    }
+}
+
+/// How connections are served, set once from the limits: each protocol's own engine when the
+/// start of a connection tells which it speaks, hyper's detection when it does not. (Detection
+/// reads the first bytes on its own and hands them back, which makes the HTTP/1 read buffer of
+/// every connection grow to twice its size: 8 KiB more per kept-alive connection.)
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<LocalExecutor>,
+    detected: auto::Builder<LocalExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: &Limits) -> Protocols {
+        // hyper answers 431 when a request head does not fit its read buffer.
+        let max_head = limits.max_request_headers_bytes.max(8192);
+        let max_header_list = u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.max_buf_size(max_head);
+        let mut http2 = hyper::server::conn::http2::Builder::new(LocalExecutor);
+        http2.max_header_list_size(max_header_list);
+        let mut detected = auto::Builder::new(LocalExecutor);
+        detected.http1().max_buf_size(max_head);
+        detected.http2().max_header_list_size(max_header_list);
+        Protocols { http1, http2, detected }
+    }
 }
 
 /// An open connection and what serving it needs.
 struct Served {
     shared: Rc<Shared>,
-    builder: auto::Builder<LocalExecutor>,
+    protocols: Arc<Protocols>,
     limits: Limits,
     stopped: watch::Receiver<bool>,
 }
@@ -380,11 +430,11 @@ struct Served {
 impl Served {
     /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) until the connection ends, sits
     /// longer than the limits allow, or shutdown drains it.
-    async fn serve<I>(self, io: I, connection: Connection, activity: Arc<Activity>)
+    async fn serve<I>(self, io: I, speaks: Speaks, connection: Connection, activity: Arc<Activity>)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let Served { shared, builder, limits, mut stopped } = self;
+        let Served { shared, protocols, limits, stopped } = self;
         let requests = activity.clone();
         let service = service_fn(move |request| {
             let shared = shared.clone();
@@ -402,7 +452,40 @@ impl Served {
                 }
             }
         });
-        let serving = builder.serve_connection_with_upgrades(io, service);
+        let watching = Watching { activity: &activity, limits: &limits, stopped, peer: connection.peer };
+        match speaks {
+            Speaks::Http1 => {
+                let serving = protocols.http1.serve_connection(io, service).with_upgrades();
+                watching.serve(serving, |serving| serving.graceful_shutdown()).await
+            }
+            Speaks::Http2 => {
+                let serving = protocols.http2.serve_connection(io, service);
+                watching.serve(serving, |serving| serving.graceful_shutdown()).await
+            }
+            Speaks::Unknown => {
+                let serving = protocols.detected.serve_connection_with_upgrades(io, service);
+                watching.serve(serving, |serving| serving.graceful_shutdown()).await
+            }
+        }
+    }
+}
+
+/// What ends a served connection besides the connection itself: its limits and shutdown.
+struct Watching<'a> {
+    activity: &'a Activity,
+    limits: &'a Limits,
+    stopped: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Watching<'_> {
+    /// Runs `serving` (hyper's connection, whichever protocol) until it ends; asks it to finish
+    /// what it is doing and close (`finish`) when it idles too long or shutdown drains it.
+    async fn serve<C, E>(mut self, serving: C, finish: impl Fn(std::pin::Pin<&mut C>))
+    where
+        C: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
         tokio::pin!(serving);
         let mut closing = false;
         loop {
@@ -413,18 +496,18 @@ impl Served {
                     }
                     return;
                 }
-                expired = activity.expired(&limits), if !closing => match expired {
+                expired = self.activity.expired(self.limits), if !closing => match expired {
                     Expired::RequestHeaders => {
-                        tracing::debug!(peer = %connection.peer, "closing a connection: its request head took over {:?}", limits.request_headers_timeout);
+                        tracing::debug!(peer = %self.peer, "closing a connection: its request head took over {:?}", self.limits.request_headers_timeout);
                         return;
                     }
                     Expired::Idle => {
-                        serving.as_mut().graceful_shutdown();
+                        finish(serving.as_mut());
                         closing = true;
                     }
                 },
-                _ = stopped.wait_for(|stop| *stop), if !closing => {
-                    serving.as_mut().graceful_shutdown();
+                _ = self.stopped.wait_for(|stop| *stop), if !closing => {
+                    finish(serving.as_mut());
                     closing = true;
                 }
             }
