@@ -405,11 +405,13 @@ struct Protocols {
 
 impl Protocols {
     fn new(limits: &Limits) -> Protocols {
-        // hyper answers 431 when a request head does not fit its read buffer.
+        // hyper answers 431 to a request head over `max_header_size`, however it arrives; its read
+        // buffer's bound (`max_buf_size`) is only checked while a head is incomplete, and one read
+        // may fill a grown buffer past it. hyper-util's detection offers only the latter.
         let max_head = limits.max_request_headers_bytes.max(8192);
         let max_header_list = u32::try_from(limits.max_request_headers_bytes).unwrap_or(u32::MAX);
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1.max_buf_size(max_head);
+        http1.max_header_size(limits.max_request_headers_bytes).max_buf_size(max_head);
         let mut http2 = hyper::server::conn::http2::Builder::new(LocalExecutor);
         http2.max_header_list_size(max_header_list);
         let mut detected = auto::Builder::new(LocalExecutor);
