@@ -31,8 +31,7 @@ impl HeaderList {
 
     /// The first value of `name`, as the proxy-wasm `get_header_map_value` call answers.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let name = name.to_ascii_lowercase();
-        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_slice())
+        self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     pub fn get_str(&self, name: &str) -> Option<&str> {
@@ -40,8 +39,7 @@ impl HeaderList {
     }
 
     pub fn get_all(&self, name: &str) -> impl Iterator<Item = &[u8]> {
-        let name = name.to_ascii_lowercase();
-        self.0.iter().filter(move |(k, _)| *k == name).map(|(_, v)| v.as_slice())
+        self.0.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     pub fn add(&mut self, name: &str, value: &[u8]) {
@@ -51,14 +49,12 @@ impl HeaderList {
     /// Replaces every value of `name` with `value`, at the end of the list: Envoy's `setCopy`
     /// (remove, then add), so a filter sees the same order in both hosts.
     pub fn set(&mut self, name: &str, value: &[u8]) {
-        let name = name.to_ascii_lowercase();
-        self.0.retain(|(k, _)| *k != name);
-        self.0.push((name, value.to_vec()));
+        self.remove(name);
+        self.0.push((name.to_ascii_lowercase(), value.to_vec()));
     }
 
     pub fn remove(&mut self, name: &str) {
-        let name = name.to_ascii_lowercase();
-        self.0.retain(|(k, _)| *k != name);
+        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
     }
 
     /// The proxy-wasm wire form: u32 count, then (u32 name length, u32 value length) per pair,
