@@ -27,6 +27,14 @@ pub mod upgrade;
 /// The filter's version, shown by `ory-proxy --version` for the embedded module.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A callback makes many small allocations that live until it returns (header names and values,
+/// edits, cache entries): with wasi-libc's dlmalloc about a third of the filter's time on a cached
+/// request (perf, in the runner). Talc serves them faster: 1.5–3.5 % more requests a second through
+/// the runner, open path and cached session alike (A/B on one machine).
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 #[cfg(target_arch = "wasm32")]
 mod glue {
     //! The proxy-wasm side: one root context per VM (the configuration, the VM's table of whoami
