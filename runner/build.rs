@@ -17,4 +17,9 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", filter.display());
     println!("cargo:rustc-env=ORY_PROXY_FILTER_WASM_PATH={}", filter.display());
+    // Its digest names its compiled code: known now, a start need not read the module to find it.
+    let wasm = std::fs::read(&filter).unwrap_or_else(|e| panic!("reading {}: {e}", filter.display()));
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(&wasm);
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join("ory_proxy_filter.wasm.sha256"), digest).expect("writing the filter's digest");
 }

@@ -19,4 +19,4 @@ pub use abi::types::{MetricType, Status};
 pub use env::{Clock, EnvLimits, HISTOGRAM_BOUNDS, HostEnv, MetricSnapshot, SetError};
 pub use exchange::{Exchange, Out, Step};
 pub use types::{Action, Direction, Effect, HeaderList, HttpCallRequest, HttpCallResponse, LocalReply, StreamInfo};
-pub use vm::{Plugin, PluginSpec, StreamData, Vm, VmError};
+pub use vm::{ModuleBytes, Plugin, PluginSpec, StreamData, Vm, VmError};

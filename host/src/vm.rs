@@ -65,6 +65,31 @@ fn deadline_ticks(spec: &PluginSpec) -> u64 {
     }
 }
 
+/// A filter module's bytes and their SHA-256, which names its compiled code (in this process and
+/// in the code cache on disk).
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleBytes<'a> {
+    wasm: &'a [u8],
+    digest: [u8; 32],
+}
+
+impl<'a> ModuleBytes<'a> {
+    pub fn new(wasm: &'a [u8]) -> ModuleBytes<'a> {
+        ModuleBytes { wasm, digest: sha2::Sha256::digest(wasm).into() }
+    }
+
+    /// With the digest computed earlier (when a module embedded in a binary was built): a start
+    /// that finds the compiled code cached then never reads the module's pages. `digest` must be
+    /// the SHA-256 of `wasm`.
+    pub fn with_digest(wasm: &'a [u8], digest: [u8; 32]) -> ModuleBytes<'a> {
+        ModuleBytes { wasm, digest }
+    }
+
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
 /// A compiled filter module with everything needed to start VMs from it. Clones share the
 /// compiled code, the engine and the [`HostEnv`].
 #[derive(Clone)]
@@ -111,20 +136,20 @@ impl Plugin {
     /// message when the module is not a proxy-wasm ABI v0.2.1 filter or imports a host function
     /// this host does not provide.
     pub fn load(wasm: &[u8], spec: PluginSpec, env: Arc<HostEnv>) -> anyhow::Result<Plugin> {
-        Plugin::load_cached(wasm, spec, env, None)
+        Plugin::load_cached(ModuleBytes::new(wasm), spec, env, None)
     }
 
     /// [`Plugin::load`], keeping the compiled code in `code_cache` between runs: a later start
     /// maps it instead of compiling (milliseconds instead of seconds). Only this host may write
     /// that directory; a file it cannot use is compiled again and replaced.
     pub fn load_cached(
-        wasm: &[u8],
+        module: ModuleBytes<'_>,
         spec: PluginSpec,
         env: Arc<HostEnv>,
         code_cache: Option<&Path>,
     ) -> anyhow::Result<Plugin> {
+        let ModuleBytes { wasm, digest } = module;
         // Held while compiling, so that concurrent loads of one module compile it once.
-        let digest: [u8; 32] = sha2::Sha256::digest(wasm).into();
         let mut cache = COMPILED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let compiled = match cache.iter().find(|(known, _)| *known == digest) {
             Some((_, compiled)) => compiled.clone(),

@@ -7,10 +7,23 @@ use anyhow::Context as _;
 
 use crate::deployment::{Placement, Plan};
 use crate::proxy::{Clusters, FilterPool, Limits, ObserveOptions, PoolOptions, Proxy, ServeOptions};
-use proxy_wasm_host::{HostEnv, Plugin, PluginSpec};
+use proxy_wasm_host::{HostEnv, ModuleBytes, Plugin, PluginSpec};
 
 /// The filter built with this binary.
-pub const EMBEDDED_FILTER: &[u8] = include_bytes!(env!("ORY_PROXY_FILTER_WASM_PATH"));
+pub static EMBEDDED_FILTER: &[u8] = include_bytes!(env!("ORY_PROXY_FILTER_WASM_PATH"));
+
+/// The SHA-256 of [`EMBEDDED_FILTER`], computed by the build script.
+const EMBEDDED_FILTER_SHA256: &[u8; 32] = include_bytes!(concat!(env!("OUT_DIR"), "/ory_proxy_filter.wasm.sha256"));
+
+/// `wasm` with its digest. The embedded module's is known from the build: a start that finds its
+/// compiled code cached reads none of its pages (it stays out of memory).
+fn module_bytes(wasm: &[u8]) -> ModuleBytes<'_> {
+    if std::ptr::eq(wasm, EMBEDDED_FILTER) {
+        ModuleBytes::with_digest(wasm, *EMBEDDED_FILTER_SHA256)
+    } else {
+        ModuleBytes::new(wasm)
+    }
+}
 
 /// The most one filter callback may run before the host interrupts it.
 const CALLBACK_DEADLINE: Duration = Duration::from_secs(2);
@@ -31,8 +44,8 @@ pub fn load_filter(plan: &Plan, wasm: &[u8]) -> anyhow::Result<Plugin> {
         ..PluginSpec::default()
     };
     let code_cache = crate::home::code_cache_dir();
-    let plugin =
-        Plugin::load_cached(wasm, spec, HostEnv::new(), code_cache.as_deref()).context("loading the filter")?;
+    let plugin = Plugin::load_cached(module_bytes(wasm), spec, HostEnv::new(), code_cache.as_deref())
+        .context("loading the filter")?;
     plugin.start_deadline_ticker();
     Ok(plugin)
 }
@@ -125,4 +138,21 @@ fn fit_descriptor_limit(max_connections: usize) -> usize {
 #[cfg(not(unix))]
 fn fit_descriptor_limit(max_connections: usize) -> usize {
     max_connections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest as _;
+
+    #[test]
+    fn the_embedded_filter_is_named_by_the_digest_of_its_bytes() {
+        let digest: [u8; 32] = sha2::Sha256::digest(EMBEDDED_FILTER).into();
+        assert_eq!(EMBEDDED_FILTER_SHA256, &digest, "the build script's digest is of the module embedded");
+        assert_eq!(module_bytes(EMBEDDED_FILTER).digest(), &digest);
+        // Any other bytes (a copy, a --filter file) are hashed as they come.
+        let copy = EMBEDDED_FILTER.to_vec();
+        assert_eq!(module_bytes(&copy).digest(), &digest);
+        assert_ne!(module_bytes(b"\0asm\x01\0\0\0").digest(), &digest);
+    }
 }

@@ -60,9 +60,9 @@ async fn run_local(args: LocalArgs) -> anyhow::Result<()> {
                 path.display(),
                 deployment::SIGNING_KEY_ENV
             );
-            read_module(path)?
+            std::borrow::Cow::Owned(read_module(path)?)
         }
-        None => local::EMBEDDED_FILTER.to_vec(),
+        None => std::borrow::Cow::Borrowed(local::EMBEDDED_FILTER),
     };
     let (proxy, ca) = start(&plan, &wasm, &args.serve).await?;
     let address = proxy.local_addr()?;
