@@ -32,6 +32,11 @@ pub(crate) fn module(engine: &Engine, wasm: &[u8], digest: &[u8; 32], dir: &Path
             Err(error) => tracing::warn!("compiling the filter again: {} is unusable: {error:#}", path.display()),
         }
     }
+    // Seconds of silence otherwise, at a first start.
+    tracing::info!(
+        "compiling the filter for this machine, once: later starts reuse the code kept in {}",
+        dir.display()
+    );
     let module = compile(engine, wasm)?;
     match store(&module, &path) {
         Ok(()) => prune(dir, &path),

@@ -93,11 +93,15 @@ impl Machine {
     }
 }
 
-fn stop(mut child: Child) {
+/// Stops `ory-proxy` and returns what it logged.
+fn stop(mut child: Child) -> String {
     // SAFETY: kill(2) on our own child's pid.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
     let status = child.wait().unwrap();
-    assert!(status.success(), "SIGTERM ends ory-proxy cleanly: {status}");
+    let mut logged = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut logged).unwrap();
+    assert!(status.success(), "SIGTERM ends ory-proxy cleanly: {status}\n{logged}");
+    logged
 }
 
 fn certutil_list(db: &str) -> String {
@@ -157,7 +161,9 @@ async fn the_first_start_trusts_the_ca_in_the_home_nss_database_and_the_second_r
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(std::fs::read_to_string(&machine.opened).unwrap().trim(), url);
-    stop(child);
+    let logged = stop(child);
+    let compiling = "compiling the filter for this machine, once";
+    assert!(logged.contains(compiling), "a first start says why it takes seconds: {logged}");
 
     // Second run: same CA, found in place.
     let first_ca = std::fs::read(&ca).unwrap();
@@ -168,7 +174,8 @@ async fn the_first_start_trusts_the_ca_in_the_home_nss_database_and_the_second_r
     assert_eq!(std::fs::read(&ca).unwrap(), first_ca);
     let answer = https_get(port, &ca, "/.ory/jwks.json").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    stop(child);
+    let logged = stop(child);
+    assert!(!logged.contains(compiling), "the second start maps the code the first compiled: {logged}");
 
     // `doctor` sees it trusted there (and changes nothing).
     let output = machine.command(&["doctor", "--sdk-url", &format!("http://{}", machine.app_addr)]).output().unwrap();
